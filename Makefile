@@ -1,0 +1,32 @@
+# tradeguard — every target creates .venv when missing and installs the pinned dependencies into it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test chaos bench venv clean
+
+run: $(STAMP)
+	$(VENV)/bin/tradeguard run
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+chaos: $(STAMP)
+	$(VENV)/bin/tradeguard chaos run --iterations 20 --report chaos-report
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,78 @@
+"""Secret redaction, applied before anything is written (events, logs, crash dumps, responses).
+
+Two nets: by field name (``api_key``, ``secret``, ``password``, ``token``, ``signature``, ...)
+and by value pattern (HMAC-looking hex, long base64/hex runs, ``Bearer ...``, URL credentials
+and signature query parameters). Exact secret values registered at run time with
+:func:`register_secret` (the exchange secret, the field key, the health token) are replaced
+wherever they appear, even inside free text.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+MASK = "***"
+
+_NAME_RE = re.compile(
+    r"(secret|passw|passphrase|api[_-]?key|apikey|token|signature|private|credential|"
+    r"authorization|cookie|field[_-]?key|webhook_url|smtp_password)", re.I)
+_VALUE_PATTERNS = [
+    re.compile(r"(?i)\b(bearer\s+|basic\s+)[A-Za-z0-9._~+/=-]{8,}()"),
+    re.compile(r"(?i)([?&](?:signature|api[_-]?key|token|secret)=)[^&\s\"']+()"),
+    re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+(@)"),
+    re.compile(r"\b[0-9a-fA-F]{40,}\b"),
+    re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/_-]{48,}={0,2}(?![A-Za-z0-9+/])"),
+]
+_registered: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(value: str | bytes | None) -> None:
+    """Remember an exact secret value so that it is masked wherever it appears."""
+    if not value:
+        return
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if len(value) >= 6:
+        with _lock:
+            _registered.add(value)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_NAME_RE.search(name))
+
+
+def redact_text(text: str) -> str:
+    """Mask registered secrets and secret-looking patterns inside free text."""
+    for s in tuple(_registered):
+        if s in text:
+            text = text.replace(s, MASK)
+    for pat in _VALUE_PATTERNS:
+        if pat.groups:  # keep the prefix (group 1) and suffix (group 2) around the mask
+            text = pat.sub(lambda m: m.group(1) + MASK + m.group(2), text)
+        else:
+            text = pat.sub(MASK, text)
+    return text
+
+
+def redact(obj: Any, _depth: int = 0) -> Any:
+    """A copy of ``obj`` (dicts, lists, strings, scalars) with secrets masked."""
+    if _depth > 20:
+        return MASK
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            ks = str(k)
+            if is_secret_name(ks) and v not in (None, "", {}, [], False):
+                out[ks] = MASK
+            else:
+                out[ks] = redact(v, _depth + 1)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, _depth + 1) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj)
+    if isinstance(obj, bytes):
+        return redact_text(obj.decode("utf-8", "replace"))
+    return obj

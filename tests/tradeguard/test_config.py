@@ -1,0 +1,98 @@
+"""Configuration loading, overrides and validation (through the API and the real CLI)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.proc import REPO, run_cli
+from tradeguard.config import iter_keys, load_config
+from tradeguard.exceptions import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "tg.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_run_the_paper_demo(tmp_path: Path) -> None:
+    cfg = load_config(env={})
+    assert cfg.exchange.id == "paper"
+    assert cfg.paper.port == 8765 and cfg.health.port == 8080
+    assert Path(cfg.paths.data_dir) == (tmp_path / "data").resolve()
+    assert cfg.source is None
+
+
+def test_file_and_env_override(tmp_path: Path) -> None:
+    f = write(tmp_path, '[paper]\nport = 9001\n[exchange]\nsymbols = ["ETH/USDT"]\n')
+    cfg = load_config(f, env={"TRADEGUARD_PAPER_PORT": "9002", "TRADEGUARD_BOT_LOOP_INTERVAL_S": "0.25",
+                              "TRADEGUARD_EXCHANGE_SANDBOX": "true"})
+    assert cfg.paper.port == 9002
+    assert cfg.bot.loop_interval_s == 0.25
+    assert cfg.exchange.sandbox is True
+    assert cfg.exchange.symbols == ["ETH/USDT"]
+
+
+def test_config_env_var_names_the_file(tmp_path: Path) -> None:
+    f = write(tmp_path, "[watchdog]\ninterval_s = 0.2\n")
+    assert load_config(env={"TRADEGUARD_CONFIG": str(f)}).watchdog.interval_s == 0.2
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[bot]\nfoo = 1\n", ["unknown key", "[bot] foo"]),
+    ("[nosuch]\na = 1\n", ["unknown section", "[nosuch]"]),
+    ("[paper]\nport = \"x\"\n", ["[paper] port", "'x'", "integer"]),
+    ("[paper]\nport = 70000\n", ["[paper] port", "70000", "<= 65535"]),
+    ("[watchdog]\nmanager = \"cron\"\n", ["[watchdog] manager", "'cron'", "one of"]),
+    ("[exchange]\nsymbols = [\"btcusdt\"]\n", ["symbols", "btcusdt"]),
+    ("[exchange]\napi_secret = \"s\"\n", ["api_secret"]),
+    ("[health]\nusers = {bob = \"plain\"}\n", ["users.bob", "scrypt"]),
+    ("not toml [", ["not valid TOML"]),
+])
+def test_bad_files_name_the_problem(tmp_path: Path, text: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_bad_env_override_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="TRADEGUARD_WATCHDOG_INTERVAL_S"):
+        load_config(env={"TRADEGUARD_WATCHDOG_INTERVAL_S": "fast"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(env={"TRADEGUARD_BOT_NOPE": "1"})
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_example_file_documents_every_key_and_loads() -> None:
+    example = REPO / "tradeguard.example.toml"
+    text = example.read_text()
+    for section, key, _default, _doc in iter_keys():
+        assert f"[{section}]" in text
+        assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key} not documented"
+    load_config(example, env={})
+
+
+def test_cli_config_check(tmp_path: Path) -> None:
+    good = write(tmp_path, "[bot]\nloop_interval_s = 2\n")
+    r = run_cli("config", "check", "--config", str(good), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bot]\nloop_interval_s = \"slow\"\n")
+    r = run_cli("config", "check", "--config", str(bad), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "[bot] loop_interval_s" in r.stderr and "Traceback" not in r.stderr
+
+    unknown = write(tmp_path, "[risk]\nmax_leverage = 3\n")
+    r = run_cli("config", "check", "--config", str(unknown), cwd=tmp_path)
+    assert r.returncode == 2 and "max_leverage" in r.stderr
+
+    r = run_cli("config", "check", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,85 @@
+"""Every exception tradeguard raises on purpose, in one place.
+
+Expected mistakes (bad config, bad arguments, a key file with loose permissions, a corrupt
+file) derive from :class:`UserError`: the CLI prints their message and exits 2 (or 1 for a
+failed check) instead of showing a traceback.
+"""
+from __future__ import annotations
+
+
+class TradeguardError(Exception):
+    """Base class of all tradeguard errors."""
+
+
+class UserError(TradeguardError):
+    """An expected mistake by the operator; the message says what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """The configuration (file, environment override or CLI option) is invalid."""
+
+
+class SecretError(UserError):
+    """A secret is missing, unreadable, or stored with permissions that expose it."""
+
+
+class KeyFileError(SecretError):
+    """A key file is missing, malformed or readable by group or others."""
+
+
+class WrongKeyError(SecretError):
+    """The field key does not open this database."""
+
+
+class CheckFailed(UserError):
+    """A check (db check, health check, chaos invariant) found a problem."""
+
+    exit_code = 1
+
+
+class StateError(TradeguardError):
+    """The state store cannot do what was asked (illegal transition, missing row)."""
+
+
+class StateCorruptError(StateError):
+    """The state database failed its integrity check."""
+
+
+class KillSwitchEngaged(TradeguardError):
+    """An order was about to be sent while the kill switch is engaged."""
+
+    def __init__(self, mode: str, reason: str):
+        super().__init__(f"kill switch engaged ({mode}): {reason}")
+        self.mode = mode
+        self.reason = reason
+
+
+class CircuitOpenError(TradeguardError):
+    """The circuit breaker for a dependency is open; the call was not attempted."""
+
+    def __init__(self, dependency: str):
+        super().__init__(f"circuit breaker for {dependency!r} is open")
+        self.dependency = dependency
+
+
+class RetryBudgetExhausted(TradeguardError):
+    """The retry budget of a dependency is spent; the call fails fast."""
+
+    def __init__(self, dependency: str):
+        super().__init__(f"retry budget for {dependency!r} is exhausted")
+        self.dependency = dependency
+
+
+class RiskLimitExceeded(TradeguardError):
+    """A desired order would break a risk limit; it is not sent."""
+
+    def __init__(self, limit: str, detail: str):
+        super().__init__(f"risk limit {limit}: {detail}")
+        self.limit = limit
+        self.detail = detail
+
+
+class StrategyLoadError(UserError):
+    """The configured strategy cannot be imported or does not implement the interface."""

@@ -1,0 +1,97 @@
+"""The heartbeat protocol and the pid file: the contract between a bot and the watchdog.
+
+Heartbeat (``bot.heartbeat``), replaced atomically after every completed loop::
+
+    {"pid": int, "ts": float unix seconds, "seq": int, "state": "starting|running|degraded|safe|stopping",
+     "detail": {...}}
+
+``seq`` grows by one per completed loop, so a reader judges progress, not just freshness.
+Pid file (``bot.pid``): ``{"pid": int, "create_time": float}`` — the process start time as psutil
+reports it, so that a reused PID is never mistaken for the bot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+STATES = ("starting", "running", "degraded", "safe", "stopping")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    pid: int
+    ts: float
+    seq: int
+    state: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.ts
+
+
+@dataclass(frozen=True)
+class PidInfo:
+    pid: int
+    create_time: float
+
+
+def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
+    """Write JSON to a temp file beside ``path`` and ``os.replace`` it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(obj, separators=(",", ":"), default=str)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_heartbeat(path: Path, hb: Heartbeat) -> None:
+    atomic_write_json(path, {"pid": hb.pid, "ts": hb.ts, "seq": hb.seq, "state": hb.state,
+                             "detail": hb.detail})
+
+
+def read_heartbeat(path: Path) -> Heartbeat | None:
+    """The current heartbeat, or None if absent or malformed (a malformed file is no heartbeat)."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        hb = Heartbeat(pid=int(obj["pid"]), ts=float(obj["ts"]), seq=int(obj["seq"]),
+                       state=str(obj["state"]), detail=dict(obj.get("detail") or {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return hb if hb.state in STATES else None
+
+
+def write_pidfile(path: Path, pid: int | None = None) -> PidInfo:
+    pid = os.getpid() if pid is None else pid
+    info = PidInfo(pid, psutil.Process(pid).create_time())
+    atomic_write_json(path, {"pid": info.pid, "create_time": info.create_time}, fsync=True)
+    return info
+
+
+def read_pidfile(path: Path) -> PidInfo | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        return PidInfo(int(obj["pid"]), float(obj["create_time"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def process_for(info: PidInfo) -> psutil.Process | None:
+    """The live, non-zombie process the pid file names, or None (gone, zombie, or PID reused)."""
+    try:
+        p = psutil.Process(info.pid)
+        if abs(p.create_time() - info.create_time) > 0.05:
+            return None  # the PID now belongs to another program
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None

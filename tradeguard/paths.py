@@ -1,0 +1,82 @@
+"""Where every runtime file lives (DESIGN.md, "Runtime files"). One place, so names never drift."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    data_dir: Path
+    logs_dir: Path
+
+    # --- data dir -------------------------------------------------------------------------
+    @property
+    def state_db(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.data_dir / "bot.heartbeat"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir / "bot.pid"
+
+    @property
+    def kill_file(self) -> Path:
+        return self.data_dir / "KILL"
+
+    @property
+    def blackbox_db(self) -> Path:
+        return self.data_dir / "blackbox.db"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def field_key(self) -> Path:
+        return self.keys_dir / "field.key"
+
+    @property
+    def health_token(self) -> Path:
+        return self.data_dir / "health.token"
+
+    @property
+    def health_users(self) -> Path:
+        return self.data_dir / "health.users"
+
+    @property
+    def watchdog_state(self) -> Path:
+        return self.data_dir / "watchdog.json"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.data_dir / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.data_dir / "supervisor" / "supervisor.sock"
+
+    @property
+    def paper_dir(self) -> Path:
+        return self.data_dir / "paper"
+
+    @property
+    def paper_credentials(self) -> Path:
+        return self.paper_dir / "credentials.json"
+
+    # --- logs dir -------------------------------------------------------------------------
+    @property
+    def crash_dir(self) -> Path:
+        return self.logs_dir / "crash"
+
+    def log_file(self, role: str) -> Path:
+        return self.logs_dir / f"{role}.jsonl"
+
+    def ensure(self) -> "RuntimePaths":
+        """Create the data and logs directories (0700 data dir: it holds secrets)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        return self

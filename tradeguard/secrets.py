@@ -1,0 +1,75 @@
+"""Secrets come from systemd credentials, then 0600 files, then the environment — never the config.
+
+``load_secret("field.key", file=paths.field_key, env="TRADEGUARD_FIELD_KEY")`` looks in
+``$CREDENTIALS_DIRECTORY/field.key``, then the file (refused if group or others can read it),
+then the environment variable. Returns ``None`` when none of them has it.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Mapping
+
+from tradeguard.exceptions import KeyFileError
+
+
+def check_private(path: Path) -> None:
+    """Raise KeyFileError if ``path`` is readable or writable by group or others."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}")
+
+
+def read_private(path: Path) -> str:
+    """Read a secret file after checking its permissions; strips surrounding whitespace."""
+    check_private(path)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"{path} cannot be read: {e}") from None
+
+
+def load_secret(name: str, *, file: Path | None = None, env: str | None = None,
+                environ: Mapping[str, str] | None = None) -> str | None:
+    """Look a secret up in systemd credentials, then ``file``, then ``env``."""
+    environ = os.environ if environ is None else environ
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        p = Path(cred_dir) / name
+        if p.is_file():
+            # systemd makes credentials private to the unit; no mode check needed there.
+            return p.read_text(encoding="utf-8").strip()
+    if file is not None and file.exists():
+        return read_private(file)
+    if env and environ.get(env):
+        return environ[env].strip()
+    return None
+
+
+def write_private(path: Path, content: str, *, overwrite: bool = False) -> None:
+    """Create ``path`` with mode 0600 atomically; refuse to overwrite unless asked."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists() and not overwrite:
+        raise KeyFileError(f"{path} already exists; refusing to overwrite it")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if another process created it meanwhile
+            os.unlink(tmp)
+    except FileExistsError:
+        os.unlink(tmp)
+        raise KeyFileError(f"{path} already exists; refusing to overwrite it") from None
+    except BaseException:
+        if tmp.exists():
+            os.unlink(tmp)
+        raise
