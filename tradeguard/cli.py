@@ -16,7 +16,7 @@ from tradeguard.exceptions import UserError
 COMMANDS = [
     ("config_cmd", "config"),
     # ("paper", "paper_exchange"),
-    # ("run", "run"),
+    ("run", "run"),
 ]
 
 

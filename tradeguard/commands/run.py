@@ -1,0 +1,42 @@
+"""``tradeguard run``: the whole system under supervisord in the foreground."""
+from __future__ import annotations
+
+import importlib.util
+
+import click
+
+from tradeguard.commands._common import config_options
+from tradeguard.config import Config
+
+
+def _announce_health(cfg: Config) -> None:
+    """Print where the health endpoint is and, on first start only, its new token."""
+    if not cfg.health.enabled or importlib.util.find_spec("watchdog.health.tokens") is None:
+        return
+    from watchdog.health.tokens import ensure_token
+
+    token, path = ensure_token(cfg.runtime)
+    click.echo(f"health endpoint: http://{cfg.health.host}:{cfg.health.port}/health "
+               f"(bearer token in {path})")
+    if token:
+        click.echo(f"  new token (shown once): {token}")
+
+
+@click.command("run")
+@click.option("--only", multiple=True, type=click.Choice(["paper-exchange", "bot", "watchdog"]),
+              help="Start only these programs (repeatable); default: all that apply.")
+@config_options
+def run(cfg: Config, only: tuple[str, ...]) -> None:
+    """Run the paper exchange, the bot and the watchdog under supervisord (Ctrl-C stops all)."""
+    from tradeguard.runner import default_programs, exec_supervisord, preflight, \
+        write_supervisord_conf
+
+    programs = only or default_programs(cfg)
+    preflight(cfg, programs)
+    conf = write_supervisord_conf(cfg, programs)
+    click.echo(f"tradeguard: starting {', '.join(programs)} under supervisord")
+    click.echo(f"  data: {cfg.paths.data_dir}   logs: {cfg.paths.logs_dir}")
+    if "watchdog" in programs:
+        _announce_health(cfg)
+    click.echo("  kill switch: tradeguard kill --reason '...'   status: tradeguard status")
+    exec_supervisord(conf)
