@@ -96,3 +96,10 @@ def test_cli_config_check(tmp_path: Path) -> None:
 
     r = run_cli("config", "check", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_readme_reference_lists_every_key() -> None:
+    readme = (REPO / "README.md").read_text()
+    for section, key, _default, _doc in iter_keys():
+        assert f"**[{section}]**" in readme
+        assert f"| `{key}` |" in readme, f"README does not document [{section}] {key}"
