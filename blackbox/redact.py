@@ -8,6 +8,7 @@ wherever they appear, even inside free text.
 """
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from typing import Any
@@ -22,14 +23,19 @@ _VALUE_PATTERNS = [
     re.compile(r"(?i)([?&](?:signature|api[_-]?key|token|secret)=)[^&\s\"']+()"),
     re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+(@)"),
     re.compile(r"\b[0-9a-fA-F]{40,}\b"),
-    re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/_-]{48,}={0,2}(?![A-Za-z0-9+/])"),
+    # long random-looking tokens: mixed case and digits, no "/" (so file paths stay readable)
+    re.compile(r"(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+_-]*[0-9])(?=[A-Za-z0-9+_-]*[A-Z])"
+               r"(?=[A-Za-z0-9+_-]*[a-z])[A-Za-z0-9+_-]{40,}={0,2}(?![A-Za-z0-9+/_-])"),
 ]
 _registered: set[str] = set()
 _lock = threading.Lock()
+_generation = 0  # bumped by register_secret so that no cached result predates a secret
+_CACHE_MAX_CHARS = 256  # short strings (kinds, states, symbols, messages) repeat: cache them
 
 
 def register_secret(value: str | bytes | None) -> None:
     """Remember an exact secret value so that it is masked wherever it appears."""
+    global _generation
     if not value:
         return
     if isinstance(value, bytes):
@@ -37,14 +43,28 @@ def register_secret(value: str | bytes | None) -> None:
     if len(value) >= 6:
         with _lock:
             _registered.add(value)
+            _generation += 1
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_name(name: str) -> bool:
+    """True if a field called ``name`` holds a secret (its value is masked whatever it is)."""
     return bool(_NAME_RE.search(name))
 
 
 def redact_text(text: str) -> str:
     """Mask registered secrets and secret-looking patterns inside free text."""
+    if len(text) <= _CACHE_MAX_CHARS:
+        return _redact_short(text, _generation)
+    return _redact_text(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _redact_short(text: str, generation: int) -> str:
+    return _redact_text(text)
+
+
+def _redact_text(text: str) -> str:
     for s in tuple(_registered):
         if s in text:
             text = text.replace(s, MASK)

@@ -15,8 +15,12 @@ from tradeguard.exceptions import UserError
 # (module under tradeguard.commands, attribute) — each attribute is a click command or group.
 COMMANDS = [
     ("config_cmd", "config"),
-    # ("paper", "paper_exchange"),
+    ("db", "db"),
+    ("keys", "keys"),
     ("run", "run"),
+    ("blackbox_cmd", "blackbox"),
+    ("kill", "kill"),
+    ("kill", "resume"),
 ]
 
 

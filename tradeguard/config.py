@@ -111,6 +111,7 @@ class ResilienceConfig:
 class BlackboxConfig:
     max_events: int = _f(200000, "Events kept in blackbox.db; the oldest are dropped first.", min=1000, max=100000000)
     max_age_days: float = _f(30.0, "Events older than this are dropped.", min=0.01, max=3650)
+    max_mb: float = _f(256.0, "Largest size of the kept events (their text, in MB); the oldest are dropped first.", min=1, max=1000000)
     flush_interval_ms: int = _f(100, "Longest a non-critical event waits in memory before it is written.", min=1, max=10000)
     ring_size: int = _f(5000, "Recent events kept in memory for crash dumps.", min=100, max=1000000)
 
@@ -126,6 +127,7 @@ class WatchdogConfig:
     startup_timeout_s: float = _f(30.0, "A (re)started bot must report healthy within this.", min=1, max=3600)
     kill_grace_s: float = _f(3.0, "SIGTERM to SIGKILL grace for a hung bot.", min=0, max=600)
     flatten_deadline_s: float = _f(5.0, "How long the bot gets to carry out a flatten kill switch before the watchdog does.", min=0.5, max=3600)
+    emergency_timeout_s: float = _f(120.0, "How long an emergency flatten keeps retrying before it reports failure.", min=5, max=86400)
     unhealthy_alert_s: float = _f(60.0, "Alert when the bot stays unhealthy longer than this.", min=1, max=86400)
     manager: str = _f("auto", "Who restarts the bot.", choices=("auto", "supervisor", "systemd", "standalone"))
 
@@ -354,3 +356,16 @@ def iter_keys() -> list[tuple[str, str, Any, str]]:
         for f in dataclasses.fields(cls):
             out.append((s, f.name, getattr(inst, f.name), f.metadata.get("doc", "")))
     return out
+
+
+def reference_markdown() -> str:
+    """The configuration reference as Markdown tables (kept in README between markers)."""
+    rows: list[str] = []
+    current = None
+    for section, key, default, doc in iter_keys():
+        if section != current:
+            rows += ["", f"**[{section}]**", "", "| key | default | meaning |", "|---|---|---|"]
+            current = section
+        shown = json.dumps(default) if not isinstance(default, bool) else str(default).lower()
+        rows.append(f"| `{key}` | `{shown}` | {doc} |")
+    return "\n".join(rows).strip() + "\n"

@@ -47,6 +47,18 @@ class StateCorruptError(StateError):
     """The state database failed its integrity check."""
 
 
+class FieldDecryptError(StateError):
+    """An encrypted value cannot be decrypted: wrong key, or moved to another row or column."""
+
+
+class SchemaVersionError(UserError):
+    """The state database was written by a newer tradeguard than this one."""
+
+
+class BackupError(UserError):
+    """A backup cannot be written (the target exists or is not writable)."""
+
+
 class KillSwitchEngaged(TradeguardError):
     """An order was about to be sent while the kill switch is engaged."""
 
@@ -83,3 +95,45 @@ class RiskLimitExceeded(TradeguardError):
 
 class StrategyLoadError(UserError):
     """The configured strategy cannot be imported or does not implement the interface."""
+
+
+class AlreadyRunning(UserError):
+    """Another process of this role already runs for this data dir."""
+
+
+class ManagerError(TradeguardError):
+    """The bot's process manager (supervisord, systemd, the standalone watchdog) failed an action."""
+
+
+class FailpointTriggered(TradeguardError):
+    """A failpoint with the ``raise`` action fired (chaos testing only)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"failpoint {name!r} fired")
+        self.name = name
+
+
+class PaperApiError(TradeguardError):
+    """The paper exchange rejects a request: a Binance error ``code`` and ``msg`` with an HTTP status."""
+
+    def __init__(self, code: int, msg: str, status: int = 400):
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.status = status
+
+
+class BlackboxUnavailable(UserError):
+    """blackbox.db does not exist or cannot be read."""
+
+
+class ExportError(UserError):
+    """An export cannot be written (the target exists or is not writable)."""
+
+
+class HealthUnreachable(TradeguardError):
+    """Nothing answers at the health endpoint's address (the watchdog is not serving it)."""
+
+
+class PaperStateError(UserError):
+    """The paper exchange's own database cannot be opened (corrupt or not a database)."""

@@ -1,0 +1,77 @@
+"""One black-box event: its fields, their size limits, and how it becomes a row or a dict.
+
+Recording keeps the raw values (a tuple, cheap); serialization and redaction happen later, on the
+writer thread or when a crash dump is taken, never on the caller's hot path.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, NamedTuple
+
+from blackbox.redact import redact, redact_text
+
+SEVERITIES = ("debug", "info", "warning", "error", "critical")
+MAX_FIELDS_BYTES = 8 * 1024
+MAX_MESSAGE_CHARS = 2000
+MAX_NAME_CHARS = 100  # kind and source
+TRUNCATED = "…[truncated]"
+
+
+class Event(NamedTuple):
+    """What ``record`` keeps in memory; ``fields`` still holds the caller's raw values."""
+
+    ts: float
+    seq: int
+    pid: int
+    role: str
+    kind: str
+    source: str
+    severity: str
+    message: str
+    fields: dict[str, Any]
+    critical: bool
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with a marker when something was cut."""
+    return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
+def fields_json(fields: dict[str, Any]) -> str:
+    """Redacted JSON of an event's fields, at most MAX_FIELDS_BYTES (else a truncation marker)."""
+    try:
+        text = json.dumps(redact(fields), default=str, ensure_ascii=False, separators=(",", ":"))
+    except Exception as e:  # noqa: BLE001 - e.g. a __str__ that raises, or a dict mutated meanwhile
+        text = json.dumps({"_unserializable": f"{type(e).__name__}: {e}"})
+    size = len(text.encode("utf-8"))
+    if size <= MAX_FIELDS_BYTES:
+        return text
+    preview = text.encode("utf-8")[: MAX_FIELDS_BYTES - 200].decode("utf-8", "ignore")
+    return json.dumps({"_truncated": True, "_bytes": size, "_preview": preview},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def to_row(ev: Event) -> tuple:
+    """The redacted, size-capped row written to ``events`` (column order of store.INSERT)."""
+    # Redact before clipping, so that a cut can never leave half a secret unmasked (the cut
+    # falls well inside the already-masked text).
+    return (ev.ts, ev.pid, ev.seq, clip(str(ev.role), MAX_NAME_CHARS),
+            clip(str(ev.kind), MAX_NAME_CHARS), clip(str(ev.source), MAX_NAME_CHARS), ev.severity,
+            clip(redact_text(str(ev.message)[: 4 * MAX_MESSAGE_CHARS]), MAX_MESSAGE_CHARS),
+            fields_json(ev.fields),
+            int(ev.critical))
+
+
+def to_dict(ev: Event) -> dict[str, Any]:
+    """A redacted plain-data copy of an in-memory event (same keys as the reader's dicts)."""
+    row = to_row(ev)
+    return {"ts": row[0], "pid": row[1], "seq": row[2], "role": row[3], "kind": row[4],
+            "source": row[5], "severity": row[6], "message": row[7],
+            "fields": json.loads(row[8]), "critical": bool(row[9])}
+
+
+def format_ts(ts: float) -> str:
+    """Local time with milliseconds: ``2026-11-23 10:00:01.123``."""
+    ms = int((ts % 1) * 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{ms:03d}"

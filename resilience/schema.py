@@ -1,0 +1,109 @@
+"""The state.db schema, its version and the forward migrations (sqlite-utils).
+
+``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``; a new database runs them all.
+:func:`migrate` runs inside the caller's ``BEGIN IMMEDIATE`` transaction (sqlite-utils nests its
+own statements in savepoints), so a migration interrupted by a crash leaves the old version intact.
+Never edit a released migration: append a new one and bump nothing else.
+
+Version history:
+  1. meta, sequences, orders, fills, positions, kv.
+  2. transitions (the audit trail of every order state change) and the query indexes.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Callable
+
+from sqlite_utils import Database
+
+# (table, primary key columns, encrypted columns); see docs/ENCRYPTED_COLUMNS.md for why.
+ENCRYPTED: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("orders", ("client_order_id",), ("reason", "raw")),
+    ("fills", ("fill_id", "symbol"), ("raw",)),
+    ("kv", ("key",), ("value",)),
+    ("transitions", ("id",), ("note",)),
+)
+TABLES = ("meta", "sequences", "orders", "fills", "positions", "kv", "transitions")
+
+
+def aad_pk(table: str, row: Any) -> str:
+    """The primary key a table's encrypted values are bound to (``row`` maps column -> value)."""
+    cols = next(pk for t, pk, _ in ENCRYPTED if t == table)
+    if len(cols) == 1:
+        return str(row[cols[0]])
+    return json.dumps([str(row[c]) for c in cols], separators=(",", ":"))
+
+
+def _v1_core(db: Database) -> None:
+    db.create_table("meta", {"key": str, "value": str}, pk="key")
+    db.create_table("sequences", {"name": str, "value": int}, pk="name", not_null={"value"})
+    db.create_table(
+        "orders",
+        {"client_order_id": str, "seq": int, "bot_id": str, "origin": str, "purpose": str,
+         "symbol": str, "side": str, "type": str, "amount": float, "price": float, "state": str,
+         "filled": float, "average": float, "fee": float, "exchange_order_id": str,
+         "attempts": int, "created_at": float, "updated_at": float, "reason": bytes,
+         "raw": bytes},
+        pk="client_order_id",
+        not_null={"seq", "bot_id", "origin", "purpose", "symbol", "side", "type", "amount",
+                  "state", "filled", "fee", "attempts", "created_at", "updated_at"},
+        defaults={"filled": 0.0, "fee": 0.0, "attempts": 0})
+    # Exchange trade ids are unique per market (Binance), so the key includes the symbol.
+    db.create_table(
+        "fills",
+        {"fill_id": str, "symbol": str, "client_order_id": str, "exchange_order_id": str,
+         "side": str, "amount": float, "price": float, "fee": float, "fee_currency": str,
+         "ts": float, "raw": bytes},
+        pk=("fill_id", "symbol"),
+        not_null={"side", "amount", "price", "fee", "ts"}, defaults={"fee": 0.0})
+    db.create_table(
+        "positions",
+        {"symbol": str, "amount": float, "cost": float, "realized_pnl": float,
+         "updated_at": float},
+        pk="symbol", not_null={"amount", "cost", "realized_pnl", "updated_at"})
+    db.create_table("kv", {"key": str, "value": bytes, "updated_at": float}, pk="key",
+                    not_null={"updated_at"})
+
+
+def _v2_audit_and_indexes(db: Database) -> None:
+    # client_order_id is NULL for audit rows that belong to no order (position adjustments).
+    db.create_table(
+        "transitions",
+        {"id": int, "client_order_id": str, "from_state": str, "to_state": str, "ts": float,
+         "note": bytes},
+        pk="id", not_null={"to_state", "ts"},
+        foreign_keys=[("client_order_id", "orders", "client_order_id")])
+    # transitions is append-only and read only for audits: no index, so that every order write
+    # (which appends to it) stays cheap. One orders index serves both hot queries: by state,
+    # and by state and symbol.
+    db["orders"].create_index(["state", "symbol"])
+    db["fills"].create_index(["client_order_id"])
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_core, _v2_audit_and_indexes]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """The schema version recorded in ``meta`` (0 for a new, empty database)."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    if not has_meta:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> list[int]:
+    """Apply the migrations up to ``target`` inside the caller's transaction; the versions applied."""
+    if not conn.in_transaction:
+        raise RuntimeError("migrate() must run inside a BEGIN IMMEDIATE transaction")
+    db = Database(conn, execute_plugins=False)
+    applied = []
+    for version in range(current_version(conn) + 1, target + 1):
+        MIGRATIONS[version - 1](db)
+        conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(version),))
+        applied.append(version)
+    return applied
