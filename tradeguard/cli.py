@@ -17,6 +17,7 @@ COMMANDS = [
     ("config_cmd", "config"),
     ("db", "db"),
     ("keys", "keys"),
+    ("paper", "paper_exchange"),
     ("run", "run"),
     ("blackbox_cmd", "blackbox"),
     ("kill", "kill"),

@@ -1,0 +1,1 @@
+"""The trading bot: strategy, risk limits, order lifecycle, reconciliation (DESIGN.md)."""

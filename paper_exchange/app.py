@@ -1,0 +1,165 @@
+"""The paper exchange's WSGI application: Binance routes, signatures, faults, the control API.
+
+Every answer is JSON; an unexpected error is logged and answered with Binance's -1000 (HTTP 500),
+never a traceback, and the server keeps serving.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl
+
+from werkzeug.wrappers import Request, Response
+
+from paper_exchange import apierrors, binance_api, control_api
+from paper_exchange.auth import check_signed
+from paper_exchange.engine import Engine, now_ms
+from paper_exchange.faults import Fault, FaultBook
+from paper_exchange.wsgi import drop_connection
+from tradeguard.exceptions import PaperApiError
+
+log = logging.getLogger("paper_exchange")
+MAX_BODY = 64 * 1024
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value, separators=(",", ":")), status=status,
+                    content_type="application/json;charset=UTF-8")
+
+
+def _error(e: PaperApiError) -> Response:
+    return _json({"code": e.code, "msg": e.msg}, e.status)
+
+
+def _params(query: str, body: str) -> dict[str, str]:
+    """Query and form parameters together; a repeated name is -1101 like Binance."""
+    out: dict[str, str] = {}
+    for raw in (query, body):
+        try:
+            pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            raise apierrors.illegal("query", "application/x-www-form-urlencoded") from None
+        for k, v in pairs:
+            if k in out:
+                raise apierrors.duplicate_param(k)
+            out[k] = v
+    return out
+
+
+@dataclass
+class PaperApp:
+    """The WSGI callable. ``record`` sends events to the black box (best effort)."""
+
+    engine: Engine
+    api_key: str
+    secret: str
+    faults: FaultBook
+    paused: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.time)
+    ticks: int = 0  # iterations of the price loop, paused ones included
+    record: Callable[..., None] = lambda *a, **k: None
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            response = self._dispatch(request, environ)
+        except PaperApiError as e:
+            response = _error(e)
+        except Exception:  # noqa: BLE001 - the server never answers with a traceback, never stops
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            response = _error(apierrors.unknown_error())
+        return response(environ, start_response)
+
+    def _dispatch(self, request: Request, environ: dict) -> Response:
+        method, path = request.method, request.path
+        if path.startswith("/_paper/"):
+            if request.remote_addr not in LOOPBACK:
+                raise PaperApiError(-1002, "The control API only answers loopback clients.", 403)
+            return _json(control_api.handle(self, method, path, self._read_body(request)))
+        fault = self.faults.take(method, path)
+        if fault is not None:
+            self.record("paper.fault", f"fault {fault.id} ({fault.action}) on {method} {path}",
+                        fault=fault.view())
+            log.info("fault %d (%s) fires on %s %s", fault.id, fault.action, method, path)
+            early = self._before(fault, environ)
+            if early is not None:
+                return early
+        response = self._serve_api(request, method, path)
+        if fault is not None and fault.action == "apply_then_fail":
+            return self._fail(fault, fault.then, environ)
+        return response
+
+    def _read_body(self, request: Request) -> bytes:
+        if (request.content_length or 0) > MAX_BODY:
+            raise apierrors.too_large(MAX_BODY)
+        body = request.stream.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise apierrors.too_large(MAX_BODY)
+        return body
+
+    def _serve_api(self, request: Request, method: str, path: str) -> Response:
+        try:
+            route = binance_api.ROUTES.get((method, path))
+            if route is None:
+                if path in binance_api.PATHS:
+                    raise apierrors.method_not_allowed(method, path)
+                raise apierrors.not_found(method, path)
+            query = request.query_string.decode("latin-1")
+            try:
+                body = self._read_body(request).decode("utf-8")
+            except UnicodeDecodeError:
+                raise apierrors.illegal("body", "application/x-www-form-urlencoded") from None
+            params = _params(query, body)
+            if route.signed:
+                check_signed(query=query, body=body, params=params,
+                             api_key_header=request.headers.get("X-MBX-APIKEY"),
+                             api_key=self.api_key, secret=self.secret, now_ms=now_ms())
+            return _json(route.handler(self.engine, params))
+        except PaperApiError as e:
+            if e.code not in (-2013, -2011):  # lookups of unknown orders are routine
+                log.info("%s %s -> %d %s", method, path, e.code, e.msg)
+            return _error(e)
+
+    # --- faults -----------------------------------------------------------------------------
+    def _before(self, fault: Fault, environ: dict) -> Response | None:
+        """Carry out a fault before the request is served; None = serve it."""
+        if fault.action == "respond":
+            return self._respond(fault)
+        if fault.action == "delay":
+            self.stopping.wait(fault.seconds)
+            return None
+        if fault.action in ("hang", "reset"):
+            return self._fail(fault, fault.action, environ)
+        return None
+
+    def _fail(self, fault: Fault, how: str, environ: dict) -> Response:
+        if how == "respond":
+            return self._respond(fault)
+        if how == "hang":
+            disconnected = environ.get("waitress.client_disconnected")
+            deadline = time.monotonic() + fault.seconds
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                if disconnected is not None and disconnected():
+                    break
+                self.stopping.wait(0.05)
+        drop_connection(environ)
+        return Response(b"", status=500)
+
+    @staticmethod
+    def _respond(fault: Fault) -> Response:
+        body = fault.body
+        if isinstance(body, (dict, list)):
+            return _json(body, fault.status)
+        text = "" if body is None else str(body)
+        try:
+            json.loads(text)
+            ctype = "application/json;charset=UTF-8"
+        except ValueError:
+            ctype = "text/plain;charset=UTF-8"
+        return Response(text, status=fault.status, content_type=ctype)
