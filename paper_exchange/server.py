@@ -1,7 +1,6 @@
 """``serve()``: run the paper exchange until SIGTERM/SIGINT (``tradeguard paper-exchange``)."""
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 import sqlite3
@@ -18,20 +17,12 @@ from paper_exchange.prices import PriceFeed, load_csv_series
 from paper_exchange.store import Store
 from paper_exchange.wsgi import make_server
 from tradeguard.config import Config
+from tradeguard.net import is_loopback
 from tradeguard.exceptions import ConfigError, PaperStateError
 from tradeguard.logsetup import setup_logging
 
 log = logging.getLogger("paper_exchange")
 ROLE = "paper-exchange"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _blackbox(cfg: Config) -> Callable[..., None]:

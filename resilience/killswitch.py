@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from blackbox import recorder
 from tradeguard.heartbeat import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,11 @@ class KillSwitch:
         _fsync_dir(self.kill_file.parent)
         self._file_key = None
         log.warning("kill switch engaged (%s) by %s: %s", mode, by, state.reason)
+        recorder.record("kill.engaged", by, f"kill switch engaged ({mode}) by {by}: {state.reason}",
+                        severity="critical", critical=True, mode=mode, reason=state.reason, by=by)
         return state
 
-    def release(self) -> KillState | None:
+    def release(self, by: str = "cli") -> KillState | None:
         """Remove the kill file; return what it said (None if there was none)."""
         previous = self.file_state()
         try:
@@ -181,6 +184,9 @@ class KillSwitch:
         _fsync_dir(self.kill_file.parent)
         if previous is not None:
             log.warning("kill switch file released (was %s: %s)", previous.mode, previous.reason)
+            recorder.record("kill.released", by, f"kill switch released by {by} (was "
+                            f"{previous.mode}: {previous.reason})", severity="warning",
+                            critical=True, mode=previous.mode, reason=previous.reason, by=by)
         return previous
 
 

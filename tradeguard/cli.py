@@ -22,6 +22,11 @@ COMMANDS = [
     ("blackbox_cmd", "blackbox"),
     ("kill", "kill"),
     ("kill", "resume"),
+    ("health", "health"),
+    ("status", "status"),
+    ("bot", "bot"),
+    ("watchdog_cmd", "watchdog"),
+    ("chaos_cmd", "chaos"),
 ]
 
 

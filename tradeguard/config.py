@@ -75,7 +75,7 @@ class BotConfig:
                        "Strategy class: 'package.module:Class' or '/path/file.py:Class'.")
     strategy_params: dict = _f({}, "Keyword arguments passed to the strategy's constructor.")
     loop_interval_s: float = _f(1.0, "Seconds between loop ticks.", min=0.05, max=3600)
-    tick_deadline_s: float = _f(10.0, "Longest one tick may wait on the exchange.", min=0.5, max=600)
+    tick_deadline_s: float = _f(4.0, "Longest one tick may wait on the exchange (keep it below [watchdog] heartbeat_timeout_s).", min=0.5, max=600)
     reconcile_interval_s: float = _f(30.0, "Seconds between reconciliations while trading.", min=1, max=86400)
     cancel_entries_on_stop: bool = _f(True, "Cancel open entry orders on graceful shutdown.")
     unknown_grace_s: float = _f(10.0, "How long the exchange must keep saying an UNKNOWN order does not exist before it is resubmitted (same id).", min=0, max=3600)
@@ -119,7 +119,7 @@ class BlackboxConfig:
 @dataclass(frozen=True)
 class WatchdogConfig:
     interval_s: float = _f(0.5, "Seconds between checks.", min=0.05, max=60)
-    heartbeat_timeout_s: float = _f(5.0, "Heartbeat older than this = hung.", min=0.5, max=3600)
+    heartbeat_timeout_s: float = _f(10.0, "Heartbeat older than this = hung (must exceed [bot] tick_deadline_s + loop_interval_s).", min=0.5, max=3600)
     progress_timeout_s: float = _f(15.0, "No seq progress for this long = stalled.", min=0.5, max=3600)
     memory_limit_mb: float = _f(500.0, "Bot RSS above this = leaking.", min=16, max=1048576)
     restart_budget: int = _f(5, "Restarts allowed per restart window.", min=0, max=1000)
@@ -127,7 +127,7 @@ class WatchdogConfig:
     startup_timeout_s: float = _f(30.0, "A (re)started bot must report healthy within this.", min=1, max=3600)
     kill_grace_s: float = _f(3.0, "SIGTERM to SIGKILL grace for a hung bot.", min=0, max=600)
     flatten_deadline_s: float = _f(5.0, "How long the bot gets to carry out a flatten kill switch before the watchdog does.", min=0.5, max=3600)
-    emergency_timeout_s: float = _f(120.0, "How long an emergency flatten keeps retrying before it reports failure.", min=5, max=86400)
+    emergency_timeout_s: float = _f(120.0, "How long an emergency flatten keeps retrying before it reports failure.", min=1, max=86400)
     unhealthy_alert_s: float = _f(60.0, "Alert when the bot stays unhealthy longer than this.", min=1, max=86400)
     manager: str = _f("auto", "Who restarts the bot.", choices=("auto", "supervisor", "systemd", "standalone"))
 
@@ -270,6 +270,12 @@ def _validate_special(cfg: Config) -> None:
         if not isinstance(h, str) or not h.startswith("scrypt$"):
             raise ConfigError(f"[health] users.{user}: must be a hash from 'tradeguard health passwd' "
                               "(starts with 'scrypt$'); plain passwords are not accepted")
+    slowest_tick = cfg.bot.tick_deadline_s + cfg.bot.loop_interval_s
+    if cfg.watchdog.heartbeat_timeout_s <= slowest_tick:
+        raise ConfigError(
+            f"[watchdog] heartbeat_timeout_s = {cfg.watchdog.heartbeat_timeout_s}: must exceed "
+            f"[bot] tick_deadline_s + loop_interval_s = {slowest_tick:g}, or a bot that is only "
+            "waiting out a slow exchange is judged hung and restarted")
     for addr in cfg.alerts.smtp_to:
         if not isinstance(addr, str) or "@" not in addr:
             raise ConfigError(f"[alerts] smtp_to contains {addr!r}: each must be an e-mail address")
@@ -369,3 +375,33 @@ def reference_markdown() -> str:
         shown = json.dumps(default) if not isinstance(default, bool) else str(default).lower()
         rows.append(f"| `{key}` | `{shown}` | {doc} |")
     return "\n".join(rows).strip() + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        items = ", ".join(f"{json.dumps(k) if not re.fullmatch(r'[A-Za-z0-9_-]+', k) else k} = "
+                          f"{_toml_value(x)}" for k, x in v.items())
+        return "{ " + items + " }" if v else "{}"
+    return repr(v)
+
+
+def example_toml() -> str:
+    """``tradeguard.example.toml``: every key with its default and what it means."""
+    lines = ["# tradeguard configuration — every key, with its default.",
+             "# Copy to tradeguard.toml (or pass --config PATH). Each key can be overridden with",
+             "# TRADEGUARD_<SECTION>_<KEY>, e.g. TRADEGUARD_PAPER_PORT=9000.",
+             "# Secrets (exchange keys, field key, SMTP password) are never read from this file:",
+             "# see README, 'Secrets'."]
+    current = None
+    for section, key, default, doc in iter_keys():
+        if section != current:
+            lines += ["", f"[{section}]"]
+            current = section
+        lines += [f"# {doc}", f"{key} = {_toml_value(default)}"]
+    return "\n".join(lines) + "\n"

@@ -105,6 +105,10 @@ class ManagerError(TradeguardError):
     """The bot's process manager (supervisord, systemd, the standalone watchdog) failed an action."""
 
 
+class BotSetupError(UserError):
+    """The bot cannot start: its state database or another resource it needs is unusable."""
+
+
 class FailpointTriggered(TradeguardError):
     """A failpoint with the ``raise`` action fired (chaos testing only)."""
 

@@ -1,6 +1,9 @@
 """Where every runtime file lives (DESIGN.md, "Runtime files"). One place, so names never drift."""
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +59,23 @@ class RuntimePaths:
         return self.data_dir / "supervisord.conf"
 
     @property
+    def supervisor_dir(self) -> Path:
+        """supervisord's pid file and ``rpc.json`` (its XML-RPC URL and credentials, 0600)."""
+        return self.data_dir / "supervisor"
+
+    @property
+    def supervisor_rpc(self) -> Path:
+        return self.supervisor_dir / "rpc.json"
+
+    @property
     def supervisor_socket(self) -> Path:
-        return self.data_dir / "supervisor" / "supervisor.sock"
+        """The XML-RPC socket: in the data dir, or — when that path is too long for AF_UNIX
+        (108 bytes) — in a private per-data-dir directory under the system temp dir."""
+        sock = self.supervisor_dir / "supervisor.sock"
+        if len(str(sock)) < 100:
+            return sock
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"tradeguard-{os.getuid()}-{digest}" / "supervisor.sock"
 
     @property
     def paper_dir(self) -> Path:

@@ -62,10 +62,6 @@ def default_programs(cfg: Config) -> tuple[str, ...]:
                  and (p != "paper-exchange" or cfg.exchange.id == "paper"))
 
 
-def _rpc_file(cfg: Config) -> Path:
-    return cfg.runtime.supervisor_socket.parent / "rpc.json"
-
-
 def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
                            env: Mapping[str, str] | None = None) -> Path:
     """Write ``data/supervisord.conf`` and ``data/supervisor/rpc.json``; return the conf path."""
@@ -75,16 +71,17 @@ def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
     if unknown:
         raise ConfigError(f"unknown program(s) {sorted(unknown)}; allowed: {list(PROGRAMS)}")
     sock = paths.supervisor_socket
-    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(sock.parent, 0o700)
-    if len(str(sock)) > 100:  # AF_UNIX paths are limited to 108 bytes
-        raise ConfigError(f"data dir path too long for a unix socket: {sock}")
+    for d in {paths.supervisor_dir, sock.parent}:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if d.stat().st_uid != os.getuid():
+            raise ConfigError(f"{d} belongs to another user; refusing to put a socket there")
+        os.chmod(d, 0o700)
     user, password = "tradeguard", secrets.token_urlsafe(24)
     rpc = {"url": f"unix://{sock}", "username": user, "password": password}
-    fd = os.open(_rpc_file(cfg), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(cfg.runtime.supervisor_rpc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.close(fd)
-    atomic_write_json(_rpc_file(cfg), rpc, fsync=True)
-    os.chmod(_rpc_file(cfg), 0o600)
+    atomic_write_json(cfg.runtime.supervisor_rpc, rpc, fsync=True)
+    os.chmod(cfg.runtime.supervisor_rpc, 0o600)
 
     common = ["--data-dir", str(paths.data_dir), "--logs-dir", str(paths.logs_dir)]
     if cfg.source:
@@ -96,7 +93,7 @@ def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
         "",
         "[supervisord]", "nodaemon=true", f"logfile={paths.logs_dir / 'supervisord.log'}",
         "logfile_maxbytes=10MB", "logfile_backups=3", "loglevel=info",
-        f"pidfile={sock.parent / 'supervisord.pid'}", f"childlogdir={paths.logs_dir}",
+        f"pidfile={paths.supervisor_dir / 'supervisord.pid'}", f"childlogdir={paths.logs_dir}",
         "identifier=tradeguard",
         "",
         "[rpcinterface:supervisor]",
@@ -115,8 +112,7 @@ def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
                   "killasgroup=true", "redirect_stderr=true",
                   "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
         if extra:
-            # supervisord's environment= syntax: KEY="value",KEY2="value2" (% must be doubled)
-            pairs = ",".join(f'{k}="{str(v).replace("%", "%%")}"' for k, v in sorted(extra.items()))
+            pairs = ",".join(f"{k}={_supervisor_quote(v)}" for k, v in sorted(extra.items()))
             lines.append(f"environment={pairs}")
     conf = paths.supervisord_conf
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -126,11 +122,22 @@ def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
     return conf
 
 
+def _supervisor_quote(value: object) -> str:
+    """Quote a value for supervisord's ``environment=`` (non-POSIX shlex: no escapes, so the
+    quote character must not occur inside; ``%`` is its interpolation character)."""
+    text = str(value)
+    quote = "'" if '"' in text else '"'
+    if quote in text or text[:1] in "'\"" and text or text[-1:] in "'\"" and text:
+        raise ConfigError(f"environment value {text[:40]!r}... cannot be passed through "
+                          "supervisord (it mixes quote characters); put it in the config file")
+    return quote + text.replace("%", "%%") + quote
+
+
 def supervisor_rpc(cfg: Config) -> ServerProxy:
     """An XML-RPC proxy to the running supervisord (unix socket, basic auth from rpc.json)."""
     from supervisor.xmlrpc import SupervisorTransport
 
-    rpc = json.loads(read_private(_rpc_file(cfg)))
+    rpc = json.loads(read_private(cfg.runtime.supervisor_rpc))
     transport = SupervisorTransport(rpc["username"], rpc["password"], rpc["url"])
     return ServerProxy("http://127.0.0.1", transport=transport)
 

@@ -1,6 +1,7 @@
 """Configuration loading, overrides and validation (through the API and the real CLI)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -70,12 +71,17 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_example_file_documents_every_key_and_loads() -> None:
+    from tradeguard.config import example_toml
+
     example = REPO / "tradeguard.example.toml"
-    text = example.read_text()
-    for section, key, _default, _doc in iter_keys():
-        assert f"[{section}]" in text
-        assert f"{key} =" in text or f"# {key} =" in text, f"{section}.{key} not documented"
-    load_config(example, env={})
+    assert example.read_text() == example_toml(), "regenerate tradeguard.example.toml"
+    assert load_config(example, env={}) == dataclasses.replace(load_config(env={}),
+                                                                source=str(example))
+
+
+def test_heartbeat_timeout_must_outlast_the_slowest_tick() -> None:
+    with pytest.raises(ConfigError, match="heartbeat_timeout_s"):
+        load_config(env={"TRADEGUARD_BOT_TICK_DEADLINE_S": "12"})
 
 
 def test_cli_config_check(tmp_path: Path) -> None:

@@ -28,21 +28,15 @@ def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
-def _record(cfg: Config, kind: str, message: str, **fields: Any) -> None:
-    """Into the black box, durably (the recorder never raises)."""
-    from blackbox import recorder
-
-    recorder.init(cfg.runtime, "cli", cfg.blackbox)
-    recorder.record(kind, "cli", message, severity="warning", critical=True, **fields)
-    recorder.close()
-
-
 def _setup(cfg: Config) -> Any:
     from resilience.killswitch import KillSwitch
     from tradeguard.logsetup import setup_logging
 
+    from blackbox import recorder
+
     paths = cfg.runtime.ensure()
     setup_logging("cli", paths.logs_dir, console=False)
+    recorder.init(paths, "cli", cfg.blackbox)  # the switch records what it does, durably
     return KillSwitch(paths.kill_file, environ=os.environ)
 
 
@@ -71,8 +65,6 @@ def kill(cfg: Config, flatten: bool, reason: str) -> None:
         click.echo(f"Kill switch already engaged ({state.mode}) since {_when(state.at)} by {state.by}: "
                    f"{state.reason}\nLeft unchanged.")
     else:
-        _record(cfg, "kill.engaged", f"kill switch engaged ({mode}) from the CLI: {state.reason}",
-                mode=mode, reason=state.reason, by=state.by, path=str(switch.kill_file))
         click.echo(f"Kill switch engaged ({mode}) in {switch.kill_file}: {state.reason}")
     click.echo(_EFFECT[state.mode].format(deadline=cfg.watchdog.flatten_deadline_s))
     env = switch.env_state()
@@ -90,8 +82,6 @@ def resume(cfg: Config) -> None:
     if previous is None:
         click.echo(f"No kill file at {switch.kill_file}: nothing to release.")
     else:
-        _record(cfg, "kill.released", f"kill switch released from the CLI (was {previous.mode}: "
-                f"{previous.reason})", mode=previous.mode, reason=previous.reason, by="cli")
         click.echo(f"Kill switch released (was {previous.mode} since {_when(previous.at)} by "
                    f"{previous.by}: {previous.reason}).")
     env = switch.env_state()

@@ -1,0 +1,196 @@
+"""Health endpoint benchmark (issue 7): authenticated requests per second, and what a flood of
+wrong passwords costs the host.
+
+    .venv/bin/python -m benchmarks.bench_health [--seconds 3] [--rounds 5] [--clients 4]
+
+A watchdog-like server process (the real waitress server and Flask app, a real snapshot of a
+data dir with a live heartbeat) is loaded over 127.0.0.1 by client threads in this process,
+each with its own keep-alive connection. Prints medians over the rounds and the p99 latency.
+
+The flood part sends wrong Basic passwords as fast as one client can, and measures the
+server process's CPU time and a separate "bot loop" process doing fixed work: once with the
+default limit (10 failures a minute per address, then 429 without running scrypt) and once
+with the limit effectively off, to show what the limit saves.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.helpers.proc import free_port, wait_until
+from tradeguard.config import load_config
+from tradeguard.heartbeat import Heartbeat, write_heartbeat, write_pidfile
+from watchdog.health.passwords import credentials_path, set_password
+from watchdog.health.server import start_health_server
+from watchdog.health.snapshot import build_snapshot
+
+USER, PASSWORD = "monitor", "correct horse battery staple"
+
+
+def _serve(data_dir: str, port: int, fail_limit: int) -> None:
+    """Child: the health server over a data dir whose 'bot' (this process) beats every 0.2 s."""
+    cfg = load_config(None, data_dir=data_dir, logs_dir=Path(data_dir) / "logs",
+                      env={"TRADEGUARD_HEALTH_PORT": str(port),
+                           "TRADEGUARD_HEALTH_FAILED_AUTH_PER_MINUTE": str(fail_limit)})
+    paths = cfg.runtime
+    write_pidfile(paths.pidfile)
+    wd = {"pid": os.getpid(), "ts": time.time(), "manager": "standalone", "verdict": "healthy",
+          "since": time.time(), "restarts": [], "restarts_total": 0, "restart_budget": 5,
+          "restart_window_s": 600.0, "budget_left": 5, "emergency": {"state": "none"}}
+    server = start_health_server(cfg, lambda: build_snapshot(cfg, wd))
+    seq = 0
+    while True:
+        seq += 1
+        write_heartbeat(paths.heartbeat, Heartbeat(os.getpid(), time.time(), seq, "running",
+                                                   {"bot_id": "bench", "positions": {"BTC/USDT": 0.01}}))
+        time.sleep(0.2)
+        if os.getppid() == 1:
+            server.stop()
+            return
+
+
+def _bot_loop(seconds: float, out: "mp.Queue[list[float]]") -> None:
+    """Child: fixed chunks of CPU work; the time each takes shows how much CPU is left."""
+    times, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        t = time.perf_counter()
+        sum(i * i for i in range(20000))
+        times.append(time.perf_counter() - t)
+    out.put(times)
+
+
+def _load(port: int, auth: str, seconds: float, clients: int) -> tuple[int, list[float], dict[int, int]]:
+    """``clients`` threads GET /health for ``seconds``: (requests, latencies, status counts)."""
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        seen: dict[int, int] = {}
+        while time.monotonic() < end:
+            t = time.perf_counter()
+            conn.request("GET", "/health", headers={"Authorization": auth})
+            r = conn.getresponse()
+            r.read()
+            lat[i].append(time.perf_counter() - t)
+            seen[r.status] = seen.get(r.status, 0) + 1
+        conn.close()
+        with lock:
+            for k, v in seen.items():
+                statuses[k] = statuses.get(k, 0) + v
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [x for lst in lat for x in lst]
+    return len(flat), flat, statuses
+
+
+def _start_server(data_dir: Path, fail_limit: int) -> tuple[mp.Process, int]:
+    port = free_port()
+    p = mp.get_context("spawn").Process(target=_serve, args=(str(data_dir), port, fail_limit), daemon=True)
+    p.start()
+
+    def up() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 401
+        finally:
+            conn.close()
+
+    wait_until(up, timeout=20, message="health server up")
+    return p, port
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _throughput(port: int, auth: str, args: argparse.Namespace) -> tuple[float, float]:
+    rates, lats = [], []
+    _load(port, auth, 0.5, args.clients)  # warm-up (and the first scrypt for Basic)
+    for _ in range(args.rounds):
+        n, lat, statuses = _load(port, auth, args.seconds, args.clients)
+        assert set(statuses) == {200}, statuses
+        rates.append(n / args.seconds)
+        lats += lat
+    lats.sort()
+    return statistics.median(rates), lats[int(len(lats) * 0.99)] * 1000
+
+
+def _flood(data_dir: Path, fail_limit: int, args: argparse.Namespace) -> dict[str, float]:
+    server, port = _start_server(data_dir, fail_limit)
+    try:
+        proc = psutil.Process(server.pid)
+        q: mp.Queue = mp.get_context("spawn").Queue()
+        bot = mp.get_context("spawn").Process(target=_bot_loop, args=(args.seconds, q))
+        cpu0 = sum(proc.cpu_times()[:2])
+        bot.start()
+        n, _, statuses = _load(port, _basic(USER, "wrong password"), args.seconds, 1)
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        chunks = q.get(timeout=60)
+        bot.join()
+        return {"requests": n, "s401": statuses.get(401, 0), "s429": statuses.get(429, 0),
+                "server_cpu_pct": 100 * cpu / args.seconds, "cpu_ms_per_attempt": 1000 * cpu / max(n, 1),
+                "bot_chunk_ms": 1000 * statistics.median(chunks)}
+    finally:
+        server.kill()
+        server.join()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=4)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        cfg = load_config(None, data_dir=data, logs_dir=Path(tmp) / "logs", env={})
+        set_password(credentials_path(cfg), USER, PASSWORD)
+        server, port = _start_server(data, 10)
+        try:
+            token = (data / "health.token").read_text().strip()
+            tok_rate, tok_p99 = _throughput(port, f"Bearer {token}", args)
+            bas_rate, bas_p99 = _throughput(port, _basic(USER, PASSWORD), args)
+        finally:
+            server.kill()
+            server.join()
+        q: mp.Queue = mp.get_context("spawn").Queue()
+        idle = mp.get_context("spawn").Process(target=_bot_loop, args=(args.seconds, q))
+        idle.start()
+        idle_chunk = 1000 * statistics.median(q.get(timeout=60))
+        idle.join()
+        limited = _flood(data, 10, args)
+        unlimited = _flood(data, 100000, args)
+
+    print(f"GET /health, {args.clients} keep-alive clients, {args.rounds} x {args.seconds:g}s, 2 cores")
+    print(f"  bearer token : median {tok_rate:8.0f} req/s   p99 {tok_p99:6.2f} ms")
+    print(f"  basic cached : median {bas_rate:8.0f} req/s   p99 {bas_p99:6.2f} ms")
+    print(f"bot loop alone : median chunk {idle_chunk:.2f} ms")
+    for name, r in (("limit 10/min", limited), ("limit off   ", unlimited)):
+        print(f"wrong-password flood, {name}: {r['requests']} attempts in {args.seconds:g}s "
+              f"({r['s401']} x 401 = scrypt runs, {r['s429']} x 429), server CPU "
+              f"{r['server_cpu_pct']:.0f}% of a core = {r['cpu_ms_per_attempt']:.2f} ms per attempt, "
+              f"bot loop median chunk {r['bot_chunk_ms']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The bot's loop. Each tick: kill switch -> market data -> strategy -> risk -> order actions ->
+reconciliation when due -> heartbeat.
+
+Nothing in a tick waits longer than ``[bot] tick_deadline_s`` on the exchange. A failing step is
+logged and skipped — the loop and the heartbeat keep going; slow or failing dependencies show as
+``degraded`` or ``safe`` (the resilience manager decides) instead of stopping the bot.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import ccxt
+
+from blackbox import recorder
+from bot.failpoints import Leak
+from bot.guard import Guard
+from bot.marketdata import MarketFeed
+from bot.notify import Notifier
+from bot.orders import FINAL, OrderBook, recent_submissions
+from bot.reconcile import Reconciler
+from bot.risk import RiskLimits
+from bot.runtime import Budget, Runtime, TickDeadline
+from bot.sizing import order_spec
+from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
+from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
+from tradeguard.heartbeat import Heartbeat, write_heartbeat
+
+log = logging.getLogger(__name__)
+SOURCE = "bot"
+STRATEGY_KEY = "strategy.state"
+EXCHANGE_ERRORS = (ccxt.BaseError, CircuitOpenError, RetryBudgetExhausted, OSError)
+
+
+class StoppableBudget(Budget):
+    """A tick budget that also ends when the bot is asked to stop (SIGTERM)."""
+
+    def __init__(self, seconds: float, stop: threading.Event):
+        super().__init__(time.monotonic() + seconds)
+        self.stop = stop
+
+    def remaining(self) -> float:
+        return 0.0 if self.stop.is_set() else super().remaining()
+
+    def expired(self) -> bool:
+        return self.stop.is_set() or super().expired()
+
+
+class Bot:
+    """One trading bot: the loop, startup recovery, the heartbeat, shutdown."""
+
+    def __init__(self, rt: Runtime, strategy: LoadedStrategy, notifier: Notifier | None = None,
+                 stop: threading.Event | None = None):
+        self.rt = rt
+        self.cfg = rt.cfg
+        self.strategy = strategy
+        self.notifier = notifier or Notifier({})
+        self.stop = stop or threading.Event()
+        self.symbols = list(self.cfg.exchange.symbols)
+        self.risk = RiskLimits(self.cfg.risk, clock=rt.clock)
+        self.orders = OrderBook(rt, self.risk)
+        for ts in recent_submissions(rt.store.path, time.time() - 60.0):  # the rate survives restarts
+            self.risk.note_submitted(ts)
+        s = strategy.instance
+        self.feed = MarketFeed(rt, self.symbols, getattr(s, "timeframe", "1m"),
+                               getattr(s, "ohlcv_limit", 0), getattr(s, "ohlcv_refresh_s", 10.0))
+        self.reconciler = Reconciler(rt, self.orders, self.symbols)
+        self.guard = Guard(rt, self.orders, self.feed)
+        self.leak = Leak()
+        self.seq = 0
+        self.started_at = time.time()
+        self.state = "starting"
+        self.recovered = False
+        self.stalled = False
+        self.loop_ms = 0.0
+        self._step_errors: dict[str, str] = {}  # step -> its last error, while it keeps failing
+        self._faults: dict[str, str] = {}  # the subset not caused by the exchange
+        self._degraded_skips = 0
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        """Tick until asked to stop; then shut down in order. Returns the exit code."""
+        self.write_heartbeat()
+        interval = self.cfg.bot.loop_interval_s
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            self.tick()
+            self.stop.wait(max(0.0, interval - (time.monotonic() - t0)))
+        self.shutdown()
+        return 0
+
+    def tick(self) -> None:
+        """One iteration (see the module docstring); never raises, always ends with a heartbeat."""
+        t0 = time.perf_counter()
+        fps = self.rt.failpoints
+        if fps:
+            self._failpoints(fps)
+        self.leak.tick()
+        if self.stalled:  # failpoint: fresh ts, same seq, nothing else
+            self.write_heartbeat(advance=False)
+            return
+        budget = StoppableBudget(self.cfg.bot.tick_deadline_s, self.stop)
+        self.orders.forget_cache()
+        kill = self.rt.killswitch.check()
+        self.guard.note(kill)
+        try:
+            if not self.recovered:
+                self._step("recovery", self.recover, budget)
+                kill = self.rt.killswitch.check()  # recovery may have engaged it
+            if self.recovered:
+                self._trade(kill, budget)
+        except KillSwitchEngaged as e:
+            log.warning("tick stopped: %s", e)
+        except Exception as e:  # noqa: BLE001 - a tick's failure must never end the bot
+            log.exception("tick failed")
+            recorder.record("bot.tick_error", SOURCE, f"{type(e).__name__}: {e}", severity="error")
+        self.loop_ms = (time.perf_counter() - t0) * 1000
+        self.write_heartbeat()
+
+    def _failpoints(self, fps: Any) -> None:
+        fp = fps.hit("loop.tick")
+        if fp is not None and fp.action == "stall":
+            log.warning("failpoint: stalling the loop (heartbeat keeps its seq)")
+            self.stalled = True
+        fp = fps.hit("memory")
+        if fp is not None and fp.action == "leak":
+            self.leak.start(fp.arg or 0)
+
+    def _step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one step; a failure is logged (once per new error) and the tick goes on."""
+        try:
+            out = fn(*args)
+        except KillSwitchEngaged:
+            raise
+        except TickDeadline as e:
+            log.debug("%s: %s", name, e)
+            return None
+        except Exception as e:  # noqa: BLE001 - see module docstring
+            msg = f"{type(e).__name__}: {e}"[:300]
+            exchange_side = isinstance(e, EXCHANGE_ERRORS)
+            if not exchange_side:
+                self._faults[name] = msg  # not the exchange's doing: a person should look
+            if self._step_errors.get(name) != msg:
+                self._step_errors[name] = msg
+                level = logging.WARNING if exchange_side else logging.ERROR
+                log.log(level, "%s failed: %s", name, msg, exc_info=not exchange_side)
+                recorder.record("bot.step_error", SOURCE, f"{name}: {msg}",
+                                severity="warning" if exchange_side else "error", step=name)
+            return None
+        if name in self._step_errors:
+            log.info("%s works again", name)
+            del self._step_errors[name]
+            self._faults.pop(name, None)
+        return out
+
+    # --- startup recovery ----------------------------------------------------------------
+    def recover(self, budget: Budget) -> None:
+        """Resolve every in-flight order, adopt what happened while down, reconcile; then READY."""
+        rt, store = self.rt, self.rt.store
+        if not rt.exchange.markets:
+            rt.call("market_data", rt.exchange.load_markets, budget=budget)
+        full = bool(store.quarantined or store.needs_reconciliation)
+        if full:
+            log.warning("state.db needs rebuilding from the exchange (quarantined=%s); rebuilding before "
+                        "trading", store.quarantined)
+        self.orders.recover_stranded(budget)
+        rep = self.reconciler.run(budget, full=full)
+        if full:
+            store.set_needs_reconciliation(False, reason=f"rebuilt from the exchange: {rep.summary()}")
+            recorder.record("reconcile.rebuilt", SOURCE, f"state.db rebuilt from the exchange: {rep.summary()}",
+                            severity="warning", critical=True)
+        self.guard.note_balance(self.reconciler.balance)
+        self.orders.want_fills(o.client_order_id for o in store.orders(states=("OPEN", "FILLED", "CANCELED"))
+                               if o.filled > 0)
+        self._restore_strategy()
+        self.recovered = True
+        log.info("recovered: %s; trading", rep.summary())
+        recorder.record("bot.recovered", SOURCE, f"startup recovery done: {rep.summary()}")
+        self.notifier.ready(self.status_text(self.current_state()))
+
+    def _restore_strategy(self) -> None:
+        saved = self.rt.store.kv_get(STRATEGY_KEY)
+        restore = getattr(self.strategy.instance, "restore", None)
+        if saved is not None and callable(restore):
+            try:
+                restore(saved)
+            except Exception as e:  # noqa: BLE001 - a strategy's old state must not stop the bot
+                log.warning("strategy state not restored: %s", e)
+
+    def save_strategy(self) -> None:
+        """Keep the strategy's own state (``snapshot()``) in state.db for the next start."""
+        snap = getattr(self.strategy.instance, "snapshot", None)
+        if not callable(snap):
+            return
+        try:
+            state = snap()
+            if state is not None:
+                self.rt.store.kv_set(STRATEGY_KEY, state)
+        except Exception as e:  # noqa: BLE001
+            log.warning("strategy state not saved: %s", e)
+
+    # --- trading -------------------------------------------------------------------------
+    def _trade(self, kill: Any, budget: Budget) -> None:
+        if kill is None and self.reconciler.pending():
+            self.reconciler.adopt_exchange_truth()
+            self._step("reconciliation", self._reconcile, budget)
+        market = self._step("market data", self.feed.refresh, budget) or {}
+        self._step("unknown orders", self.orders.resolve_pending, budget)
+        self._step("open orders", self.orders.follow_open, budget)
+        self._step("fills", self.orders.sync_fills, budget)
+        kill = self.guard.check_daily_loss(kill)
+        degradation = self.rt.manager.degradation(kill_state=kill)
+        if kill is not None:
+            self._step("kill switch", self.guard.cancel_for, kill, budget)
+            if kill.mode == "flatten":
+                self._step("flatten", self.guard.flatten, kill, budget)
+        elif degradation == "safe":
+            self._step("safe mode", self.orders.cancel_where, lambda o: o.purpose == "entry",
+                       "safe mode: no entries while dependencies are down", budget)
+        elif market:
+            actions = self._run_strategy(market, degradation)
+            if actions:
+                self._execute(actions, degradation, budget)
+                self._step("fills", self.orders.sync_fills, budget)
+        if time.time() - (self.reconciler.last or 0) >= self.cfg.bot.reconcile_interval_s:
+            self._step("reconciliation", self._reconcile, budget)
+
+    def _reconcile(self, budget: Budget) -> None:
+        self.reconciler.run(budget)
+        self.guard.note_balance(self.reconciler.balance)
+        self.save_strategy()
+
+    def _run_strategy(self, market: dict[str, MarketData], degradation: str) -> list[Any]:
+        ctx = TickContext(time.time(), market, self.positions(), tuple(self.open_orders()), degradation)
+        try:
+            return to_actions(self.strategy.instance.on_tick(ctx))
+        except Exception as e:  # noqa: BLE001 - a strategy's bug is isolated to its tick
+            msg = f"{type(e).__name__}: {e}"[:500]
+            log.error("strategy %s failed; tick skipped: %s", self.strategy.spec, msg, exc_info=True)
+            recorder.record("strategy.error", SOURCE, f"strategy failed; tick skipped: {msg}",
+                            severity="error", strategy=self.strategy.spec)
+            return []
+
+    def _execute(self, actions: list[Any], degradation: str, budget: Budget) -> None:
+        for a in actions:
+            if budget.expired():
+                log.info("tick budget spent; %d actions left for later ticks", len(actions))
+                return
+            if isinstance(a, Cancel):
+                self._cancel_action(a, budget)
+                continue
+            book = self.orders.book(self.feed.prices)
+            spec = order_spec(self.rt.exchange, a, self.feed.prices.get(a.symbol), book)
+            if spec is None:
+                continue
+            if degradation != "running" and spec.purpose != "exit":
+                self._degraded_skips += 1
+                if self._degraded_skips == 1 or self._degraded_skips % 100 == 0:
+                    log.info("%s: entry not sent (exits only) [%d skipped]", degradation, self._degraded_skips)
+                continue
+            self._step("order", self.orders.place, spec, book, budget)
+
+    def _cancel_action(self, a: Cancel, budget: Budget) -> None:
+        o = self.rt.store.get_order(a.client_order_id)
+        if o is None or not o.client_order_id.startswith(self.rt.prefix) or o.state in FINAL:
+            return
+        self._step("cancel", self.orders.cancel, o, a.reason, budget)
+
+    # --- views ---------------------------------------------------------------------------
+    def positions(self) -> dict[str, float]:
+        return {s: p.amount for s, p in self.rt.store.positions().items()}
+
+    def open_orders(self) -> list[OpenOrder]:
+        return [OpenOrder(o.client_order_id, o.symbol, o.side, o.type, o.amount,
+                          o.price, o.filled, o.state, o.purpose, o.created_at,
+                          o.reason or "")
+                for o in self.orders.live_orders()]
+
+    def current_state(self) -> str:
+        if self.stop.is_set():
+            return "stopping"
+        if not self.recovered:
+            return "starting" if self.seq == 0 else "safe"
+        kill = self.rt.killswitch.check()
+        self.guard.note(kill)  # the heartbeat's kill_switch and state agree
+        if self.reconciler.pending():
+            return "safe"  # until the exchange's truth is adopted (after `tradeguard resume`)
+        return self.rt.manager.degradation(kill_state=kill)
+
+    def status_text(self, state: str | None = None, positions: dict[str, float] | None = None) -> str:
+        """One line for systemd's STATUS=: state, positions, kill switch."""
+        positions = self.positions() if positions is None else positions
+        pos = " ".join(f"{s}={a:g}" for s, a in sorted(positions.items()))
+        kill = f"; kill switch {self.guard.mode}" if self.guard.mode else ""
+        return f"{state or self.state}; positions {pos or 'none'}{kill}"
+
+    def heartbeat_detail(self, positions: dict[str, float]) -> dict[str, Any]:
+        """The heartbeat's ``detail`` (docs/INTERNALS.md, "Heartbeat and pid file")."""
+        m = self.rt.manager
+        if not self.recovered:
+            attention = self._step_errors.get("recovery") and \
+                f"startup recovery pending: {self._step_errors['recovery']}"
+        else:
+            attention = self.reconciler.attention() or "; ".join(
+                f"{step} failing: {msg}" for step, msg in self._faults.items())
+        return {
+            "bot_id": self.rt.bot_id, "started_at": self.started_at, "degradation": self.state,
+            "breakers": m.breaker_states(), "positions": positions,
+            "open_orders": len(self.orders.live_orders()), "kill_switch": self.guard.mode,
+            "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
+            "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(),
+        }
+
+    def write_heartbeat(self, advance: bool = True, state: str | None = None) -> None:
+        """Replace bot.heartbeat (seq + 1 unless ``advance`` is False) and tell systemd."""
+        new_state = state or self.current_state()
+        if new_state != self.state:
+            log.info("state %s -> %s", self.state, new_state)
+            recorder.record("bot.state", SOURCE, f"{self.state} -> {new_state}", from_state=self.state,
+                            to_state=new_state)
+            self.state = new_state
+        if advance:
+            self.seq += 1
+        positions = self.positions()
+        try:
+            write_heartbeat(self.rt.cfg.runtime.heartbeat, Heartbeat(
+                os.getpid(), time.time(), self.seq, self.state, self.heartbeat_detail(positions)))
+        except Exception as e:  # noqa: BLE001 - a full disk must not kill the loop
+            log.error("heartbeat not written: %s", e)
+        self.notifier.tick(self.status_text(positions=positions))
+
+    # --- shutdown ------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop new orders, cancel entries if configured, persist, record."""
+        log.info("stopping")
+        self.write_heartbeat(advance=False, state="stopping")
+        self.notifier.stopping()
+        budget = Budget.start(min(5.0, self.cfg.bot.tick_deadline_s))
+        if self.recovered and self.cfg.bot.cancel_entries_on_stop:
+            n = self._step("cancel on stop", self.orders.cancel_where, lambda o: o.purpose == "entry",
+                           "bot stopping (cancel_entries_on_stop)", budget)
+            if n:
+                log.info("canceled %d entry orders on stop", n)
+        self.save_strategy()
+        try:
+            self.rt.store.checkpoint()
+        except Exception as e:  # noqa: BLE001
+            log.warning("checkpoint on stop failed: %s", e)
+        recorder.record("bot.stopped", SOURCE, "bot stopped on request", critical=True,
+                        positions=self.positions())

@@ -1,0 +1,275 @@
+"""Reconciliation: the exchange is the source of truth for balances, orders and fills.
+
+At startup (before the strategy runs) and every ``[bot] reconcile_interval_s``:
+
+1. every order of ours on the exchange (client order id ``tg-<bot_id>-``) is compared with
+   state.db: unknown ones are adopted, externally canceled/filled ones are updated;
+2. every trade of our orders is added (idempotent by trade id): fills that happened while the
+   bot was down are adopted;
+3. the bot's positions are compared with the exchange's balances.
+
+Explained differences are fixed and recorded (``reconcile.*``). Unexplained ones (an order
+OPEN here but unknown there, a position larger than the balance) engage the kill switch in
+``halt`` with reason ``reconciliation: <what>`` and are kept in kv ``reconcile.pending``; when a
+person releases the kill switch (``tradeguard resume``) the bot adopts the exchange's truth.
+After a quarantined state store the same pass runs over the whole history ("rebuild"), and the
+order sequence is moved above the highest one seen on the exchange so no id is ever reused.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from blackbox import recorder
+from bot.exchange import fetch_order_by_client_id
+from bot.orders import FINAL, LIVE, OrderBook, as_float
+from bot.runtime import Budget, Runtime
+from resilience.state import NewOrder, Order
+
+log = logging.getLogger(__name__)
+SOURCE = "bot.reconcile"
+PENDING_KEY = "reconcile.pending"
+LAST_KEY = "reconcile.last"
+PAGE = 500
+MARGIN_S = 600.0  # look this far behind the last reconciliation
+POSITION_TOL = 1e-9
+
+
+@dataclass
+class Report:
+    adopted_orders: list[str] = field(default_factory=list)
+    updated_orders: list[str] = field(default_factory=list)
+    adopted_fills: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    max_seq: int = 0
+    max_emergency_seq: int = 0
+
+    def summary(self) -> str:
+        return (f"{len(self.adopted_orders)} orders adopted, {len(self.updated_orders)} updated, "
+                f"{self.adopted_fills} fills adopted, {len(self.problems)} unexplained")
+
+
+class Reconciler:
+    def __init__(self, rt: Runtime, orders: OrderBook, symbols: list[str]):
+        self.rt = rt
+        self.orders = orders
+        self.symbols = list(symbols)
+        self._seq_re = re.compile(rf"^{re.escape(rt.prefix)}(x?)(\d+)$")
+        last = rt.store.kv_get(LAST_KEY)
+        self.last: float | None = float(last) if isinstance(last, (int, float)) else None
+        self.balance: dict[str, Any] | None = None  # the last one fetched (for equity)
+        saved = rt.store.kv_get(PENDING_KEY)
+        self._pending: list[dict[str, Any]] = [p for p in saved if isinstance(p, dict) and "what" in p] \
+            if isinstance(saved, list) else []
+
+    # --- pending problems (waiting for a person) ----------------------------------------
+    def pending(self) -> list[dict[str, Any]]:
+        """Problems waiting for a person (kept in kv, so they survive restarts)."""
+        return list(self._pending)
+
+    def _set_pending(self, problems: list[dict[str, Any]]) -> None:
+        self.rt.store.kv_set(PENDING_KEY, problems)
+        self._pending = list(problems)
+
+    def attention(self) -> str | None:
+        p = self.pending()
+        return "; ".join(x["what"] for x in p) if p else None
+
+    def adopt_exchange_truth(self) -> None:
+        """The kill switch was released by a person: take the exchange's word for every problem."""
+        store = self.rt.store
+        for p in self.pending():
+            if p["kind"] == "position":
+                store.adjust_position(p["symbol"], p["exchange"],
+                                      reason=f"adopted the exchange's balance after resume: {p['what']}")
+            elif p["kind"] == "order":
+                o = store.get_order(p["client_order_id"])
+                if o is not None and o.state not in FINAL:
+                    self.orders.transition(o, "CANCELED", "adopted the exchange's truth after resume: "
+                                            "the exchange does not have it")
+            recorder.record("reconcile.adopted", SOURCE, f"adopted the exchange's truth: {p['what']}",
+                            severity="warning", critical=True, problem=p)
+            log.warning("reconciliation: adopted the exchange's truth: %s", p["what"])
+        self._set_pending([])
+
+    # --- the pass ------------------------------------------------------------------------
+    def run(self, budget: Budget, *, full: bool = False) -> Report:
+        """One reconciliation; ``full`` reads the whole history (rebuild after corruption)."""
+        rep = Report()
+        since = None if full else self._since()
+        by_exchange_id: dict[str, Any] = {}
+        for symbol in self.symbols:
+            seen = self._orders(symbol, since, budget, rep, by_exchange_id)
+            self._missing_open(symbol, seen, budget, rep)
+            self._fills(symbol, since, budget, rep, by_exchange_id)
+        # the balance last: a fill after this read can only make the exchange hold more than
+        # state.db, which is never taken for a problem
+        balance = self.rt.call("account", self.rt.exchange.fetch_balance, budget=budget)
+        self.balance = balance
+        if full or rep.adopted_orders:
+            self._bump_sequences(rep)
+        self._positions(balance, rep)
+        self._conclude(rep)
+        return rep
+
+    def _since(self) -> int | None:
+        oldest = [o.created_at for o in self.rt.store.orders(states=LIVE)]
+        marks = [t for t in [self.last, *oldest] if t]
+        return int((min(marks) - MARGIN_S) * 1000) if marks else None
+
+    def _paged(self, fn: Any, symbol: str, since: int | None, budget: Budget,
+               id_param: str) -> list[dict[str, Any]]:
+        """Every item since ``since`` (ms), oldest first; ``None`` = the whole history, paged by
+        id (Binance's ``orderId`` / ``fromId``). Items may repeat at page edges (callers are idempotent)."""
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {id_param: 0} if since is None else {}
+        while True:
+            # a spent budget raises TickDeadline: a partial list must never look like the truth
+            page = self.rt.call("account", fn, symbol, since, PAGE, params, budget=budget)
+            out += page
+            if len(page) < PAGE:
+                break
+            if since is None:
+                params = {id_param: max(int(x["id"]) for x in page) + 1}
+            else:
+                since = max(since + 1, max(int(x.get("timestamp") or 0) for x in page))
+        return out
+
+    def _orders(self, symbol: str, since: int | None, budget: Budget, rep: Report,
+                by_exchange_id: dict[str, Any]) -> set[str]:
+        seen: set[str] = set()
+        for ex in self._paged(self.rt.exchange.fetch_orders, symbol, since, budget, "orderId"):
+            cid = str(ex.get("clientOrderId") or "")
+            m = self._seq_re.match(cid)
+            if not m or cid in seen:
+                continue
+            seen.add(cid)
+            if m.group(1):
+                rep.max_emergency_seq = max(rep.max_emergency_seq, int(m.group(2)))
+            else:
+                rep.max_seq = max(rep.max_seq, int(m.group(2)))
+            local = self.rt.store.get_order(cid)
+            if local is None:
+                local = self._adopt(ex, cid, int(m.group(2)), bool(m.group(1)))
+                rep.adopted_orders.append(cid)
+            elif local.state not in FINAL or as_float(ex.get("filled")) > as_float(local.filled):
+                before = local.state
+                local = self.orders.apply(local, ex, "reconcile: the exchange says "
+                                          f"{ex.get('status')} (externally changed or missed)")
+                if local.state != before:
+                    rep.updated_orders.append(cid)
+            by_exchange_id[str(ex.get("id"))] = local
+        return seen
+
+    def _adopt(self, ex: dict[str, Any], cid: str, seq: int, emergency: bool) -> Order:
+        side = str(ex.get("side"))
+        o = self.orders.add(NewOrder(
+            client_order_id=cid, seq=seq, bot_id=self.rt.bot_id,
+            origin="watchdog" if emergency else "bot",
+            purpose="emergency" if emergency else ("entry" if side == "buy" else "exit"),
+            symbol=str(ex.get("symbol")), side=side, type=str(ex.get("type") or "market"),
+            amount=as_float(ex.get("amount")), price=ex.get("price") if ex.get("type") == "limit" else None))
+        recorder.record("reconcile.adopted_order", SOURCE, f"order {cid} of ours found on the exchange "
+                        f"({ex.get('status')}): adopted", severity="warning", critical=True,
+                        client_order_id=cid, symbol=o.symbol, status=ex.get("status"))
+        log.warning("reconciliation: adopted order %s (%s) found on the exchange", cid, ex.get("status"))
+        return self.orders.apply(o, ex, "adopted from the exchange")
+
+    def _missing_open(self, symbol: str, seen: set[str], budget: Budget, rep: Report) -> None:
+        """OPEN here but absent from the exchange's list: ask for it by id before calling it a problem."""
+        for o in self.rt.store.orders(states=("OPEN",), symbol=symbol):
+            if o.client_order_id in seen:
+                continue
+            ex = self.rt.call("orders", fetch_order_by_client_id, self.rt.exchange, symbol,
+                              o.client_order_id, budget=budget)
+            if ex is not None:
+                self.orders.apply(o, ex, "reconcile: fetched by client order id")
+                rep.updated_orders.append(o.client_order_id)
+            else:
+                rep.problems.append({"kind": "order", "client_order_id": o.client_order_id,
+                                     "symbol": symbol, "what": f"order {o.client_order_id} is OPEN in "
+                                     "state.db but the exchange does not have it"})
+
+    def _fills(self, symbol: str, since: int | None, budget: Budget, rep: Report,
+               by_exchange_id: dict[str, Any]) -> None:
+        trades = self._paged(self.rt.exchange.fetch_my_trades, symbol, since, budget, "fromId")
+        for t in trades:
+            oid = str(t.get("order"))
+            o = by_exchange_id.get(oid)  # every order of ours that can have trades in the window
+            if o is None:
+                continue  # not ours (another program or a person trading on this account)
+            n = self.orders.add_trades(o, [t])
+            if n:
+                rep.adopted_fills += n
+                recorder.record("reconcile.adopted_fill", SOURCE, f"fill {t.get('id')} of {o.client_order_id} "
+                                "adopted from the exchange", severity="warning",
+                                client_order_id=o.client_order_id, fill_id=str(t.get("id")))
+
+    def _bump_sequences(self, rep: Report) -> None:
+        for name, seen in (("orders", rep.max_seq), ("emergency", rep.max_emergency_seq)):
+            if seen:
+                raise_sequence(self.rt.cfg.runtime.state_db, name, seen)
+
+    def _positions(self, balance: dict[str, Any], rep: Report) -> None:
+        totals = balance.get("total") or {}
+        for symbol, pos in self.rt.store.positions().items():
+            if symbol not in self.rt.exchange.markets:
+                continue
+            base = self.rt.exchange.markets[symbol]["base"]
+            have = as_float(totals.get(base))
+            mine = as_float(pos.amount)
+            step = _step(self.rt.exchange, symbol)
+            if mine > have + max(POSITION_TOL, step / 2) or mine < -POSITION_TOL:
+                rep.problems.append({
+                    "kind": "position", "symbol": symbol, "state": mine, "exchange": max(have, 0.0),
+                    "what": f"{symbol}: state.db holds {mine:g} {base} but the exchange balance is {have:g}"})
+
+    def _conclude(self, rep: Report) -> None:
+        now = self.rt.clock()
+        self.last = now
+        self.rt.store.kv_set(LAST_KEY, now)
+        if rep.adopted_orders or rep.updated_orders or rep.adopted_fills:
+            log.info("reconciliation: %s", rep.summary())
+        if not rep.problems:
+            if self._pending:  # the difference went away (someone put it right): nothing to adopt
+                log.warning("reconciliation: the earlier differences are gone")
+                self._set_pending([])
+            return
+        what = "; ".join(p["what"] for p in rep.problems)
+        if what != self.attention():  # record a difference once, not on every pass
+            recorder.record("reconcile.unexplained", SOURCE, what, severity="error", critical=True,
+                            problems=rep.problems)
+        self._set_pending(rep.problems)
+        if self.rt.killswitch.check() is None:
+            log.error("reconciliation found what it cannot explain; halting until `tradeguard resume`: %s", what)
+            self.rt.engage_kill("halt", f"reconciliation: {what}"[:500])
+
+
+def _step(exchange: Any, symbol: str) -> float:
+    try:
+        prec = exchange.markets[symbol]["precision"]["amount"]
+        return float(prec) if prec is not None else 0.0
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def raise_sequence(db: Any, name: str, seen: int) -> None:
+    """Make the durable sequence ``name`` hand out only ids above ``seen`` (never lowers it).
+
+    One short write transaction on the ``sequences`` table (docs/INTERNALS.md), like any other
+    writer of state.db. A sequence not used yet starts where the state store would start it (Unix
+    time in microseconds, resilience/state.py), or above ``seen`` if that is higher.
+    """
+    con = sqlite3.connect(str(db), isolation_level=None, timeout=5)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("INSERT INTO sequences(name, value) VALUES (?, ?) ON CONFLICT(name) "
+                    "DO UPDATE SET value = MAX(value, ?)",
+                    (name, max(int(seen), int(time.time() * 1_000_000)), int(seen)))
+        con.execute("COMMIT")
+    finally:
+        con.close()

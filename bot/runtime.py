@@ -1,0 +1,81 @@
+"""What the bot's parts share: the exchange, the resilience manager, the state store, the kill
+switch, failpoints and the clock — plus the per-tick time budget on the exchange."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from blackbox import recorder
+from bot.failpoints import Failpoints
+from tradeguard.config import Config
+
+
+MIN_TIMEOUT_MS = 100
+
+
+class TickDeadline(Exception):
+    """This tick's time on the exchange is spent; the step waits for the next tick."""
+
+
+@dataclass
+class Budget:
+    """How long this tick may still wait on the exchange (monotonic deadline)."""
+
+    deadline: float
+
+    @classmethod
+    def start(cls, seconds: float) -> "Budget":
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+
+@dataclass
+class Runtime:
+    cfg: Config
+    exchange: Any  # ccxt.Exchange
+    manager: Any  # resilience.manager.ResilienceManager
+    store: Any  # resilience.state.StateStore
+    killswitch: Any  # resilience.killswitch.KillSwitch
+    failpoints: Failpoints = field(default_factory=Failpoints)
+    clock: Callable[[], float] = time.time
+
+    @property
+    def bot_id(self) -> str:
+        return self.cfg.bot.bot_id
+
+    @property
+    def prefix(self) -> str:
+        """Client order ids of this bot (and of the watchdog's emergency orders for it)."""
+        return f"tg-{self.cfg.bot.bot_id}-"
+
+    def engage_kill(self, mode: str, reason: str) -> Any:
+        """Engage the kill switch on the bot's own judgement, and record it (critical)."""
+        state = self.killswitch.engage(mode, reason, by="bot")
+        recorder.record("kill.engaged", "bot", f"kill switch engaged ({mode}) by the bot: {reason}",
+                        severity="critical", critical=True, mode=mode, reason=reason, by="bot")
+        return state
+
+    def call(self, dependency: str, fn: Callable[..., Any], *args: Any, budget: Budget | None = None,
+             state_changing: bool = False, **kwargs: Any) -> Any:
+        """One exchange call through the resilience manager, bounded by the tick's budget.
+
+        A read waits at most what is left of the budget (the client's timeout is lowered to it);
+        a spent budget raises TickDeadline without calling. A state-changing call always gets the
+        full client timeout: cutting it short would only turn answers into unknown outcomes.
+        """
+        timeout = self.cfg.exchange.timeout_ms
+        if budget is not None:
+            left = budget.remaining()
+            if left <= 0:
+                raise TickDeadline(f"tick deadline reached before {getattr(fn, '__name__', 'call')}")
+            if not state_changing:
+                timeout = max(MIN_TIMEOUT_MS, min(timeout, int(left * 1000)))
+        self.exchange.timeout = timeout
+        return self.manager.call(dependency, fn, *args, state_changing=state_changing,
+                                 deadline=budget.deadline if budget else None, **kwargs)

@@ -1,0 +1,208 @@
+"""The system under test: paper exchange, bot and watchdog under a real supervisord, in a
+scratch directory, with timings short enough that a fault is detected in seconds."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tradeguard.config import Config, load_config
+from tradeguard.heartbeat import Heartbeat, read_heartbeat, read_pidfile
+from tradeguard.runner import supervisor_rpc, write_supervisord_conf
+
+# Fast but realistic timings: every fault is detected and repaired within seconds.
+FAST_CONFIG = """
+[exchange]
+timeout_ms = 1000
+
+[paper]
+port = {paper_port}
+tick_s = 0.2
+volatility = 0.002
+seed = {seed}
+
+[bot]
+loop_interval_s = 0.25
+tick_deadline_s = 1.5
+reconcile_interval_s = 2.0
+unknown_grace_s = 1.5
+strategy_params = {{ interval_s = 1.0, limit_ttl_s = 3.0 }}
+
+[resilience]
+breaker_fail_max = 3
+breaker_reset_s = 1.0
+max_attempts = 2
+backoff_base_s = 0.05
+backoff_max_s = 0.5
+rate_limit_backoff_s = 0.2
+safe_after_s = 30.0
+
+[watchdog]
+interval_s = 0.2
+heartbeat_timeout_s = 2.5
+progress_timeout_s = 3.0
+memory_limit_mb = {memory_limit_mb}
+restart_budget = {restart_budget}
+restart_window_s = 600.0
+startup_timeout_s = 20.0
+kill_grace_s = 1.0
+flatten_deadline_s = 3.0
+manager = "supervisor"
+
+[health]
+port = {health_port}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Return the first truthy value of ``predicate`` before the deadline, else None."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = predicate()
+            if v:
+                return v
+        except Exception:  # noqa: BLE001 - the system is being broken on purpose
+            pass
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+@dataclass
+class System:
+    """One running tradeguard system in ``root`` (data/, logs/, tradeguard.toml)."""
+
+    root: Path
+    seed: int
+    restart_budget: int = 50
+    memory_limit_mb: int = 250
+    watchdog: bool = True
+    proc: subprocess.Popen | None = None
+    cfg: Config | None = None
+    events: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, parent: Path | None, seed: int, **kw: Any) -> "System":
+        root = Path(tempfile.mkdtemp(prefix="tg-chaos-", dir=parent))
+        return cls(root=root, seed=seed, **kw)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self, timeout: float = 40.0) -> None:
+        conf_file = self.root / "tradeguard.toml"
+        conf_file.write_text(FAST_CONFIG.format(
+            paper_port=free_port(), health_port=free_port(), seed=self.seed,
+            memory_limit_mb=self.memory_limit_mb, restart_budget=self.restart_budget))
+        self.cfg = load_config(conf_file, data_dir=self.root / "data", logs_dir=self.root / "logs",
+                               env={})
+        programs = ("paper-exchange", "bot", "watchdog") if self.watchdog else ("paper-exchange", "bot")
+        conf = write_supervisord_conf(self.cfg, programs)
+        if not self.watchdog:  # baseline: plain supervisord restarts what dies, nothing more
+            text = conf.read_text().replace("autorestart=false", "autorestart=true")
+            conf.write_text(text)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("TRADEGUARD_") and k != "BOT_EMERGENCY_SHUTDOWN"}
+        sd = str(Path(sys.executable).parent / "supervisord")
+        self.proc = subprocess.Popen([sd, "-n", "-c", str(conf)], cwd=self.root, env=env,
+                                     stdout=open(self.root / "supervisord.out", "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if not poll(lambda: self.healthy_heartbeat(), timeout):
+            raise RuntimeError(f"system in {self.root} did not become healthy within {timeout}s")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # a SIGSTOPped bot outlives its group's SIGTERM: make sure nothing is left
+        for pid_file in (self.paths.pidfile,):
+            info = read_pidfile(pid_file)
+            if info:
+                try:
+                    os.kill(info.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # --- observation -------------------------------------------------------------------
+    @property
+    def paths(self):
+        assert self.cfg is not None
+        return self.cfg.runtime
+
+    def heartbeat(self) -> Heartbeat | None:
+        return read_heartbeat(self.paths.heartbeat)
+
+    def bot_pid(self) -> int | None:
+        info = read_pidfile(self.paths.pidfile)
+        return info.pid if info else None
+
+    def healthy_heartbeat(self, newer_than: float = 0.0, pid_not: int | None = None,
+                          states: tuple[str, ...] = ("running",)) -> Heartbeat | None:
+        """A fresh heartbeat in one of ``states`` written after ``newer_than``."""
+        hb = self.heartbeat()
+        if hb is None or hb.ts <= newer_than or hb.state not in states or hb.age() > 2.0:
+            return None
+        if pid_not is not None and hb.pid == pid_not:
+            return None
+        return hb
+
+    def rpc(self):
+        return supervisor_rpc(self.cfg).supervisor
+
+    def program_pid(self, name: str) -> int:
+        return int(self.rpc().getProcessInfo(name)["pid"])
+
+    # --- paper exchange control API ----------------------------------------------------
+    def paper(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
+        url = f"http://127.0.0.1:{self.cfg.paper.port}/_paper/{path}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+    def ledger(self) -> dict:
+        return self.paper("GET", "ledger")
+
+    def balances(self) -> dict:
+        return self.paper("GET", "balances")
+
+    def add_fault(self, **spec: Any) -> Any:
+        return self.paper("POST", "faults", spec)
+
+    def clear_faults(self) -> None:
+        self.paper("DELETE", "faults")
+
+    # --- the bot's own files -----------------------------------------------------------
+    def write_failpoints(self, spec: str) -> None:
+        path = self.paths.data_dir / "FAILPOINTS"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(spec + "\n")
+        os.replace(tmp, path)
+
+    def clear_failpoints(self) -> None:
+        (self.paths.data_dir / "FAILPOINTS").unlink(missing_ok=True)

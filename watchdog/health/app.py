@@ -1,0 +1,118 @@
+"""The health endpoint's Flask app: every route (unknown ones too) behind authentication.
+
+Authentication runs in ``before_request`` through flask-httpauth (Basic or Bearer, chosen by
+the scheme of the ``Authorization`` header). Failures get one uniform 401 (or 429 with
+``Retry-After`` once the client is over ``failed_auth_per_minute``), whatever went wrong:
+nothing tells a stranger which part was wrong, or whether a route exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from flask import Flask, Response, g, jsonify, request
+from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
+from werkzeug.exceptions import HTTPException
+
+from blackbox.redact import redact, redact_text
+from watchdog.health.assess import HEALTHY
+from watchdog.health.auth import Authenticator
+from watchdog.health.metrics import CONTENT_TYPE, render_metrics
+
+log = logging.getLogger(__name__)
+
+REALM = "tradeguard"
+MAX_AUTH_HEADER = 4096  # a token or user:password never needs more; longer is refused unparsed
+CHALLENGE = f'Basic realm="{REALM}", Bearer realm="{REALM}"'
+HEALTHY_BODY = json.dumps({"status": HEALTHY}).encode()
+Snapshot = Callable[[], dict[str, Any]]
+
+
+def _client() -> str:
+    return request.remote_addr or "?"
+
+
+def create_app(snapshot: Snapshot, auth: Authenticator) -> Flask:
+    """The WSGI app over ``snapshot`` (a callable returning build_snapshot's dict)."""
+    app = Flask("tradeguard.health")
+    app.json.sort_keys = False
+    basic, token = HTTPBasicAuth(realm=REALM), HTTPTokenAuth("Bearer", realm=REALM)
+    gate = MultiAuth(basic, token).login_required(lambda: None)
+
+    @basic.verify_password
+    def _verify_basic(username: str, password: str) -> str | None:
+        if not username:  # no header, or not a parseable Basic one: nothing worth a scrypt run
+            return None
+        user = auth.basic_cached(username, password)
+        if user is not None:
+            return user
+        if auth.limiter.retry_after(_client()) is not None:
+            return None  # over the limit: no scrypt; the error handler answers 429
+        return auth.basic_verify(username, password)
+
+    @token.verify_token
+    def _verify_token(tok: str) -> bool:
+        return auth.bearer(tok)
+
+    def deny(_status: int = 401) -> Response:
+        addr = _client()
+        retry = auth.limiter.retry_after(addr)
+        if retry is None and request.headers.get("Authorization") is not None:
+            auth.limiter.failed(addr)  # missing credentials cost nothing and are not counted
+        if retry is not None:
+            resp = jsonify(error="too many failed attempts")
+            resp.status_code = 429
+            resp.headers["Retry-After"] = str(retry)
+        else:
+            resp = jsonify(error="unauthorized")
+            resp.status_code = 401
+        resp.headers["WWW-Authenticate"] = CHALLENGE
+        return resp
+
+    basic.error_handler(deny)
+    token.error_handler(deny)
+
+    @app.before_request
+    def _authenticate() -> Response | None:
+        header = request.headers.get("Authorization", "")
+        if len(header) > MAX_AUTH_HEADER or request.method == "OPTIONS":
+            return deny()
+        return gate()
+
+    @app.after_request
+    def _no_store(resp: Response) -> Response:
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=e.name.lower()), e.code or 500
+
+    @app.errorhandler(Exception)
+    def _crash(e: Exception) -> tuple[Response, int]:
+        log.exception("health endpoint error on %s", request.path)
+        return jsonify(error="internal error"), 500
+
+    def _snap() -> dict[str, Any]:
+        if "snap" not in g:
+            g.snap = snapshot()
+        return g.snap
+
+    @app.get("/health", provide_automatic_options=False)
+    def health() -> Response | tuple[Response, int]:
+        s = _snap()
+        if s["status"] == HEALTHY:  # the hot path of every monitor: a prebuilt body
+            return Response(HEALTHY_BODY, content_type="application/json")
+        return jsonify(redact({"status": s["status"], "reason": s["reason"]})), 503
+
+    @app.get("/health/detailed", provide_automatic_options=False)
+    def detailed() -> Response:
+        return jsonify(redact(_snap()))
+
+    @app.get("/metrics", provide_automatic_options=False)
+    def metrics() -> Response:
+        text = redact_text(render_metrics(_snap).decode("utf-8"))
+        return Response(text, content_type=CONTENT_TYPE)
+
+    return app

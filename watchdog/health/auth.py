@@ -1,0 +1,113 @@
+"""Who may read the health endpoint: the bearer token, or HTTP Basic users with scrypt hashes.
+
+A successful Basic verification is cached under HMAC(per-process secret, "user:password") for
+``[health] auth_cache_s``, so a monitor polling every few seconds costs microseconds, not a
+scrypt run. The cache holds successes only, and is dropped whenever the credentials file
+changes (a changed password is never served from it). Failures are counted per client
+address by a :class:`FailureLimiter` that the endpoint consults before running scrypt.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from tradeguard.config import Config
+from tradeguard.exceptions import SecretError
+from watchdog.health.filestat import FileChange
+from watchdog.health.passwords import (DUMMY_HASH, ScryptHash, config_users, credentials_path,
+                                       read_credentials, verify_password)
+from watchdog.health.ratelimit import FailureLimiter
+from watchdog.health.tokens import TokenVerifier
+
+log = logging.getLogger(__name__)
+
+FAILURE_WINDOW_S = 60.0
+MAX_CACHED = 1024
+
+
+class BasicUsers:
+    """The config's users plus the credentials file's (the file wins, so ``tradeguard health
+    passwd`` always takes effect), re-read when the file changes."""
+
+    def __init__(self, cfg: Config):
+        self.path = credentials_path(cfg)
+        self._config_users = config_users(cfg)
+        self._lock = threading.Lock()
+        self._change = FileChange(self.path)
+        self._users: dict[str, ScryptHash] = dict(self._config_users)
+        self.generation = 0
+        self.refresh()
+
+    def refresh(self) -> int:
+        """Reload if the file changed (one ``stat``); returns the current generation."""
+        with self._lock:
+            if self._change.changed():
+                self._users = {**self._config_users, **self._load_file()}
+                self.generation += 1
+            return self.generation
+
+    def _load_file(self) -> dict[str, ScryptHash]:
+        try:
+            return read_credentials(self.path)
+        except SecretError as e:
+            log.error("HTTP Basic users of %s refused until it is fixed: %s", self.path, e)
+            return {}
+
+    def get(self, user: str) -> ScryptHash | None:
+        return self._users.get(user)
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class Authenticator:
+    """Token and Basic verification, the success cache and the failure limiter."""
+
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.cache_s = cfg.health.auth_cache_s
+        self.tokens = TokenVerifier(cfg.runtime.health_token)
+        self.users = BasicUsers(cfg)
+        self.limiter = FailureLimiter(cfg.health.failed_auth_per_minute, FAILURE_WINDOW_S,
+                                      clock=clock)
+        self._secret = os.urandom(32)
+        self._cache: dict[bytes, tuple[float, int, str]] = {}
+        self._cache_lock = threading.Lock()
+
+    def bearer(self, token: str) -> bool:
+        """True for the current token (cheap: a stat and a SHA-256)."""
+        return self.tokens.verify(token)
+
+    def basic_cached(self, user: str, password: str) -> str | None:
+        """The user when this exact pair verified recently and the credentials are unchanged."""
+        gen = self.users.refresh()
+        hit = self._cache.get(self._cache_key(user, password))
+        if hit is not None and hit[1] == gen and hit[0] > self.clock():
+            return hit[2]
+        return None
+
+    def basic_verify(self, user: str, password: str) -> str | None:
+        """Run scrypt (the expensive path); cache and return the user on success."""
+        gen = self.users.refresh()
+        stored = self.users.get(user)
+        ok = verify_password(password, stored or DUMMY_HASH) and stored is not None
+        if not ok:
+            return None
+        if self.cache_s > 0:
+            with self._cache_lock:
+                if len(self._cache) >= MAX_CACHED:
+                    now = self.clock()
+                    self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                    if len(self._cache) >= MAX_CACHED:
+                        self._cache.clear()
+                self._cache[self._cache_key(user, password)] = (self.clock() + self.cache_s, gen, user)
+        return user
+
+    def _cache_key(self, user: str, password: str) -> bytes:
+        msg = f"{user}:{password}".encode("utf-8", "surrogateescape")
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()

@@ -1,0 +1,388 @@
+"""Who restarts the bot: supervisord, systemd, or the watchdog itself (standalone).
+
+Each manager has the same interface: ``restart(pid_info)`` (end the faulty process if it is
+still there, then bring a new one up), ``stop()`` (end it so that it stays down), ``start()``,
+``is_running()``, ``current_pid()`` and ``poll()`` (reap children). Ending a process is
+SIGTERM, then SIGKILL after ``kill_grace_s``; a stopped (SIGSTOPped) process cannot handle
+SIGTERM until continued, so it gets SIGKILL at once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import xmlrpc.client
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Mapping
+
+import psutil
+
+from tradeguard.config import Config
+from tradeguard.exceptions import ManagerError
+from tradeguard.heartbeat import PidInfo, process_for, read_pidfile
+
+log = logging.getLogger(__name__)
+
+SYSTEMD_UNIT = "tradeguard-bot.service"
+SUPERVISOR_PROGRAM = "bot"
+_STOPPED_STATES = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+
+
+def end_process(proc: psutil.Process, grace_s: float) -> str:
+    """End ``proc``: SIGTERM, SIGKILL after ``grace_s`` (at once if it is stopped). Says how."""
+    try:
+        stopped = proc.status() in _STOPPED_STATES
+        if stopped:
+            proc.kill()
+            how = "SIGKILL (process was stopped)"
+        else:
+            proc.terminate()
+            how = "SIGTERM"
+        try:
+            proc.wait(grace_s if not stopped else 5.0)
+            return how
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+            return f"SIGKILL after {grace_s}s"
+    except psutil.NoSuchProcess:
+        return "already gone"
+    except psutil.TimeoutExpired:
+        raise ManagerError(f"pid {proc.pid} survived SIGKILL") from None
+
+
+class BotManager(ABC):
+    """The common interface of the three managers."""
+
+    name = ""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def _bot_process(self, pid_info: PidInfo | None = None) -> psutil.Process | None:
+        info = pid_info or read_pidfile(self.cfg.runtime.pidfile)
+        return process_for(info) if info else None
+
+    def _end(self, pid_info: PidInfo | None) -> str:
+        proc = self._bot_process(pid_info)
+        return "not running" if proc is None else end_process(proc, self.cfg.watchdog.kill_grace_s)
+
+    @abstractmethod
+    def restart(self, pid_info: PidInfo | None) -> str:
+        """End the faulty bot if it is still there and have a new one started; says how."""
+
+    @abstractmethod
+    def stop(self) -> str:
+        """End the bot so that it stays down; says how."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the bot (no-op if it runs)."""
+
+    @abstractmethod
+    def is_running(self) -> bool:
+        """The manager has a live bot process (or is bringing one up)."""
+
+    def current_pid(self) -> int | None:
+        """The bot's pid as the manager knows it (before the bot writes its pid file)."""
+        return None
+
+    def poll(self) -> None:
+        """Reap exited children; called every check."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"manager": self.name}
+
+
+class StandaloneManager(BotManager):
+    """The watchdog starts the bot itself, in its own session so that it outlives the watchdog.
+
+    A bot started by a previous watchdog is adopted through ``bot.pid`` (not our child: it is
+    reaped by init).
+    """
+
+    name = "standalone"
+
+    def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None,
+                 argv: list[str] | None = None):
+        super().__init__(cfg)
+        self.environ = dict(os.environ if environ is None else environ)
+        self._argv = argv
+        self._child: subprocess.Popen | None = None
+        self.last_exit: int | None = None
+
+    def argv(self) -> list[str]:
+        """``tradeguard bot --config F --data-dir D --logs-dir L`` (or the command given)."""
+        if self._argv is not None:
+            return list(self._argv)
+        paths = self.cfg.runtime
+        args = [sys.executable, "-m", "tradeguard", "bot"]
+        if self.cfg.source:
+            args += ["--config", str(Path(self.cfg.source).resolve())]
+        return args + ["--data-dir", str(paths.data_dir), "--logs-dir", str(paths.logs_dir)]
+
+    def start(self) -> None:
+        if self.is_running():
+            return
+        paths = self.cfg.runtime
+        paths.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Console output (tracebacks of a crash at import time) goes beside the bot's JSON log.
+        with open(paths.logs_dir / "bot.console.log", "ab") as out:
+            self._child = subprocess.Popen(self.argv(), env=self.environ, stdin=subprocess.DEVNULL,
+                                           stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True, close_fds=True)
+        log.info("started the bot (pid %d)", self._child.pid)
+
+    def poll(self) -> None:
+        if self._child is not None and self._child.poll() is not None:
+            self.last_exit = self._child.returncode
+            log.info("bot pid %d exited with %s", self._child.pid, self.last_exit)
+            self._child = None
+
+    def _child_alive(self) -> bool:
+        self.poll()
+        return self._child is not None
+
+    def is_running(self) -> bool:
+        return self._child_alive() or self._bot_process() is not None
+
+    def current_pid(self) -> int | None:
+        return self._child.pid if self._child_alive() else None
+
+    def _end_all(self, pid_info: PidInfo | None) -> str:
+        how = self._end(pid_info)
+        if self._child_alive():  # our child, not (yet) in bot.pid
+            how = end_process(psutil.Process(self._child.pid), self.cfg.watchdog.kill_grace_s)
+        self.poll()
+        return how
+
+    def restart(self, pid_info: PidInfo | None) -> str:
+        how = self._end_all(pid_info)
+        self.start()
+        return f"{how}; started a new bot"
+
+    def stop(self) -> str:
+        return self._end_all(None)
+
+
+class SupervisorManager(BotManager):
+    """supervisord's XML-RPC API over its unix socket (``tradeguard run``).
+
+    The bot program has ``autorestart=false``: only the watchdog restarts it.
+    """
+
+    name = "supervisor"
+    RUNNING = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
+
+    def __init__(self, cfg: Config, program: str = SUPERVISOR_PROGRAM):
+        super().__init__(cfg)
+        self.program = program
+        self._proxy: Any = None
+        self._lock = threading.Lock()  # one XML-RPC connection; the emergency thread shares it
+
+    def _rpc(self) -> Any:
+        if self._proxy is None:
+            from tradeguard.runner import supervisor_rpc
+
+            self._proxy = supervisor_rpc(self.cfg).supervisor
+        return self._proxy
+
+    def _call(self, method: str, *args: Any) -> Any:
+        with self._lock:
+            try:
+                return getattr(self._rpc(), method)(*args)
+            except xmlrpc.client.Fault:
+                raise
+            except (OSError, xmlrpc.client.Error) as e:
+                self._proxy = None  # reconnect next time (supervisord may have restarted)
+                raise ManagerError(f"supervisord {method}({self.program}) failed: {e}") from None
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return self._call("getProcessInfo", self.program)
+        except xmlrpc.client.Fault as f:
+            raise ManagerError(f"supervisord has no program {self.program!r}: "
+                               f"{f.faultString}") from None
+
+    def is_running(self) -> bool:
+        try:
+            return self.info()["statename"] in self.RUNNING
+        except ManagerError as e:  # supervisord itself is gone: so is the bot it ran
+            log.error("%s", e)
+            return self._bot_process() is not None
+
+    def current_pid(self) -> int | None:
+        try:
+            info = self.info()
+        except ManagerError:
+            return None
+        if info["statename"] not in self.RUNNING:
+            return None
+        return int(info["pid"]) or None
+
+    def _control(self, method: str, already: str) -> None:
+        """``method(program, wait=False)``; the fault ``already`` means it is done already."""
+        try:
+            self._call(method, self.program, False)
+        except xmlrpc.client.Fault as f:
+            if already not in f.faultString:
+                raise ManagerError(f"supervisord {method}({self.program}): {f.faultString}") from None
+
+    def start(self) -> None:
+        self._control("startProcess", "ALREADY_STARTED")
+
+    def _stop_request(self) -> None:
+        """Ask supervisord to stop the program (so it will not restart it), without waiting."""
+        self._control("stopProcess", "NOT_RUNNING")
+
+    def _wait_down(self, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.info()["statename"] in self.RUNNING:
+            if time.monotonic() >= deadline:
+                raise ManagerError(f"supervisord still reports {self.program} running")
+            time.sleep(0.02)
+
+    def _stop(self, pid_info: PidInfo | None) -> str:
+        proc = self._bot_process(pid_info)
+        if proc is not None:
+            stopped = proc.status() in _STOPPED_STATES
+            if not stopped:
+                self._stop_request()  # supervisord sends SIGTERM to the group
+            how = end_process(proc, self.cfg.watchdog.kill_grace_s)
+        else:
+            how = "not running"
+            if self.is_running():  # started, no pid file yet
+                self._stop_request()
+        self._wait_down(self.cfg.watchdog.kill_grace_s + 5.0)
+        return how
+
+    def restart(self, pid_info: PidInfo | None) -> str:
+        info = self.info()
+        if info["statename"] in self.RUNNING and pid_info is not None and info["pid"] != pid_info.pid:
+            return f"supervisord already runs a new bot (pid {info['pid']})"
+        how = self._stop(pid_info)
+        self.start()
+        return f"{how}; supervisord startProcess({self.program})"
+
+    def stop(self) -> str:
+        return self._stop(None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"manager": self.name, "program": self.program}
+
+
+class SystemdManager(BotManager):
+    """systemd (``tradeguard-bot.service`` with ``Restart=on-failure``).
+
+    A restart is a SIGKILL to the bot, as the same user, no root needed: a SIGKILL counts as a
+    failure, so systemd starts a new one (a SIGTERM would be a clean exit and would not). Stop
+    and start go through ``systemctl``; without the rights to do that, stop falls back to
+    SIGTERM/SIGKILL — if systemd then restarts the bot, it finds the kill switch engaged and
+    refuses to trade.
+    """
+
+    name = "systemd"
+
+    def __init__(self, cfg: Config, unit: str = SYSTEMD_UNIT):
+        super().__init__(cfg)
+        self.unit = unit
+
+    def _systemctl(self, *args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(["systemctl", *args], capture_output=True, text=True,
+                                  timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return subprocess.CompletedProcess(["systemctl", *args], 1, "", str(e))
+
+    def restart(self, pid_info: PidInfo | None) -> str:
+        proc = self._bot_process(pid_info)
+        if proc is None:
+            return "not running; systemd restarts it (Restart=on-failure)"
+        try:
+            proc.kill()
+            proc.wait(5.0)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            raise ManagerError(f"pid {proc.pid} survived SIGKILL") from None
+        return "SIGKILL; systemd restarts it (Restart=on-failure)"
+
+    def stop(self) -> str:
+        r = self._systemctl("stop", self.unit, timeout=self.cfg.watchdog.kill_grace_s + 30)
+        if r.returncode == 0:
+            return f"systemctl stop {self.unit}"
+        log.warning("systemctl stop %s failed (%s); ending the bot with signals", self.unit,
+                    r.stderr.strip())
+        return self._end(None)
+
+    def start(self) -> None:
+        r = self._systemctl("start", self.unit)
+        if r.returncode != 0:
+            raise ManagerError(f"systemctl start {self.unit} failed: {r.stderr.strip()}; "
+                               f"start it with: sudo systemctl start {self.unit}")
+
+    def is_running(self) -> bool:
+        r = self._systemctl("is-active", self.unit, timeout=5.0)
+        if r.stdout.strip() in ("active", "activating", "reloading", "deactivating"):
+            return True
+        return self._bot_process() is not None
+
+    def current_pid(self) -> int | None:
+        r = self._systemctl("show", "-p", "MainPID", "--value", self.unit, timeout=5.0)
+        try:
+            return int(r.stdout.strip()) or None
+        except ValueError:
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"manager": self.name, "unit": self.unit}
+
+
+def _supervisor_reachable(cfg: Config) -> bool:
+    rpc = cfg.runtime.supervisor_rpc
+    try:
+        url = json.loads(rpc.read_text(encoding="utf-8"))["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not url.startswith("unix://"):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(url[len("unix://"):]) == 0
+
+
+def _systemd_unit_active(unit: str) -> bool:
+    try:
+        r = subprocess.run(["systemctl", "is-active", "--quiet", unit], capture_output=True,
+                           timeout=5.0)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def detect_manager_name(cfg: Config, environ: Mapping[str, str] | None = None) -> str:
+    """``[watchdog] manager``, or for ``auto``: supervisor, systemd, else standalone."""
+    env = os.environ if environ is None else environ
+    if cfg.watchdog.manager != "auto":
+        return cfg.watchdog.manager
+    if env.get("SUPERVISOR_SERVER_URL") or _supervisor_reachable(cfg):
+        return "supervisor"
+    if env.get("INVOCATION_ID") or env.get("NOTIFY_SOCKET") or _systemd_unit_active(SYSTEMD_UNIT):
+        return "systemd"
+    return "standalone"
+
+
+def make_manager(cfg: Config, environ: Mapping[str, str] | None = None) -> BotManager:
+    """The manager of the bot for this configuration and environment."""
+    name = detect_manager_name(cfg, environ)
+    if name == "supervisor":
+        return SupervisorManager(cfg)
+    if name == "systemd":
+        return SystemdManager(cfg)
+    return StandaloneManager(cfg, environ)
