@@ -113,8 +113,9 @@ def run_one(system: System, scenario: Scenario, iteration: int, seed: int, mode:
     if out.failed:
         out.blackbox = events[-60:]
     if not inj.flattened:
+        released = time.time()
         _release(system)
-        poll(lambda: system.healthy_heartbeat(newer_than=time.time()), 20)
+        poll(lambda: system.healthy_heartbeat(newer_than=released), 20)
     return out
 
 
