@@ -150,6 +150,8 @@ def fetch_order_by_client_id(exchange: ccxt.Exchange, symbol: str, client_order_
 def tradable_amount(exchange: ccxt.Exchange, symbol: str, amount: float, price: float | None = None) -> float:
     """``amount`` truncated to the market's step; 0.0 when below its minimum amount or cost (dust)."""
     market = exchange.market(symbol)
+    # round away float noise first: 0.0016399999999999997 must not truncate to 0.00163
+    amount = round(amount, 12)
     try:
         value = float(exchange.amount_to_precision(symbol, amount))
     except ccxt.InvalidOrder:  # below one step

@@ -14,8 +14,7 @@ log = logging.getLogger(__name__)
 
 def lot(exchange: Any, symbol: str, amount: float, price: float | None = None) -> float:
     """``amount`` rounded down to the lot step; 0.0 below the market's minimum amount or cost."""
-    # round away float noise first: 0.0016399999999999997 must not truncate to 0.00163
-    return tradable_amount(exchange, symbol, round(amount, 12), price)
+    return tradable_amount(exchange, symbol, amount, price)
 
 
 def order_spec(exchange: Any, action: Order | Target, price: float | None, book: Book) -> OrderSpec | None:

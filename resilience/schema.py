@@ -85,13 +85,22 @@ MIGRATIONS: list[Callable[[Database], None]] = [_v1_core, _v2_audit_and_indexes]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def _first_row(conn: sqlite3.Connection, sql: str) -> Any:
+    """The first row (or None), with the statement finished: it may run inside a transaction."""
+    cur = conn.execute(sql)
+    try:
+        return cur.fetchone()
+    finally:
+        cur.close()
+
+
 def current_version(conn: sqlite3.Connection) -> int:
     """The schema version recorded in ``meta`` (0 for a new, empty database)."""
-    has_meta = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    has_meta = _first_row(
+        conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
     if not has_meta:
         return 0
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    row = _first_row(conn, "SELECT value FROM meta WHERE key = 'schema_version'")
     return int(row[0]) if row else 0
 
 
@@ -104,6 +113,7 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> list[i
     for version in range(current_version(conn) + 1, target + 1):
         MIGRATIONS[version - 1](db)
         conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(version),))
+                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(version),)
+                     ).close()
         applied.append(version)
     return applied

@@ -70,6 +70,7 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -200,20 +201,70 @@ class Transition:
 
 
 # --- connections --------------------------------------------------------------------------
-def _connect(path: Path, *, readonly: bool, synchronous: str = "FULL") -> sqlite3.Connection:
+class _Connection(sqlite3.Connection):
+    """A connection that knows its open cursors, so that no statement outlives its transaction.
+
+    Since Python 3.11, ``sqlite3`` resets a statement that still has rows to give (a
+    ``fetchone()`` that did not reach the end, ``PRAGMA journal_mode = WAL`` whose one row
+    nobody read) only when its cursor is closed or garbage-collected. Anything that holds a
+    reference to the cursor for a moment -- ``gc.get_objects()`` in the crash-dump thread's
+    objgraph baseline, a debugger, a traceback -- keeps the statement running, and a running
+    statement that writes (``PRAGMA journal_mode``, ``PRAGMA wal_checkpoint``, ``INSERT ...
+    RETURNING``) makes ``COMMIT`` fail with "cannot commit transaction - SQL statements in
+    progress"; a running read keeps a stale WAL snapshot. :meth:`finish_statements` closes every
+    cursor still open; the store calls it before each COMMIT/ROLLBACK and at the end of each
+    read, so correctness never depends on when Python frees a cursor."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
+    def cursor(self, factory: Any = sqlite3.Cursor) -> sqlite3.Cursor:  # type: ignore[override]
+        cur = super().cursor(factory)
+        self._cursors.add(cur)
+        return cur
+
+    # sqlite3.Connection.execute* create their cursor in C, bypassing cursor(): route them here
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq: Any, /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().executemany(sql, seq)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:  # type: ignore[override]
+        return self.cursor().executescript(script)
+
+    def finish_statements(self) -> None:
+        """Close (and so reset) every cursor still open on this connection."""
+        for cur in list(self._cursors):
+            cur.close()
+        self._cursors.clear()
+
+
+def _one(c: sqlite3.Connection, sql: str, args: Iterable[Any] = ()) -> Any:
+    """The first row of ``sql`` (or None), with its statement finished whatever it returned."""
+    cur = c.execute(sql, tuple(args))
+    try:
+        return cur.fetchone()
+    finally:
+        cur.close()
+
+
+def _connect(path: Path, *, readonly: bool, synchronous: str = "FULL") -> _Connection:
     if readonly:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
-                               isolation_level=None, check_same_thread=False)
+                               isolation_level=None, check_same_thread=False, factory=_Connection)
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                               cached_statements=256)
+                               cached_statements=256, factory=_Connection)
     try:
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # _one: these PRAGMAs return a row; left unread, journal_mode's blocks every COMMIT
+        _one(conn, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-        conn.execute("PRAGMA foreign_keys = ON")
+            _one(conn, "PRAGMA journal_mode = WAL")
+        _one(conn, f"PRAGMA synchronous = {synchronous}")
+        _one(conn, "PRAGMA foreign_keys = ON")
     except BaseException:
         conn.close()
         raise
@@ -228,11 +279,11 @@ def _begin_immediate(c: sqlite3.Connection) -> None:
     the gaps between the other writer's transactions."""
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     delay = 0.0002
-    c.execute("PRAGMA busy_timeout = 0")
+    _one(c, "PRAGMA busy_timeout = 0")
     try:
         while True:
             try:
-                c.execute("BEGIN IMMEDIATE")
+                _one(c, "BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as e:
                 if (getattr(e, "sqlite_errorcode", 0) & 0xFF) != 5 or time.monotonic() > deadline:
@@ -240,7 +291,7 @@ def _begin_immediate(c: sqlite3.Connection) -> None:
             time.sleep(delay)
             delay = min(delay * 2, 0.002)
     finally:
-        c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _one(c, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _is_corruption(e: sqlite3.DatabaseError) -> bool:
@@ -293,7 +344,7 @@ def _quarantine(path: Path) -> Path:
 
 
 def _canary_blob(conn: sqlite3.Connection) -> bytes | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'canary'").fetchone()
+    row = _one(conn, "SELECT value FROM meta WHERE key = 'canary'")
     if row is None:
         return None
     try:
@@ -448,25 +499,32 @@ def apply_fill(amount: float, cost: float, pnl: float, *, side: str, qty: float,
 
 # --- reads shared by the writer and the read-only reader ------------------------------------
 class _Reads:
-    _conn: sqlite3.Connection
+    _conn: _Connection
     _cipher: FieldCipher | None
     path: Path
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._closed = False
+        self._depth = 0  # nesting of _read() in the thread that holds the lock
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[_Connection]:
+        """The connection, under the lock; every cursor opened inside is closed on the way out."""
         with self._lock:
             if self._closed:
                 raise StateError(f"state store {self.path} is closed")
+            self._depth += 1
             try:
                 yield self._conn
             except sqlite3.DatabaseError as e:
                 if _is_corruption(e):
                     raise StateCorruptError(f"{self.path} is damaged: {e}") from None
                 raise
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and not self._closed:
+                    self._conn.finish_statements()  # no statement (or read snapshot) lingers
 
     def _dec(self, table: str, pk: Any, column: str, blob: bytes | None) -> str | None:
         if blob is None:
@@ -500,7 +558,7 @@ class _Reads:
     def get_order(self, cid: str) -> Order | None:
         """The order with this client order id, or None."""
         with self._read() as c:
-            r = c.execute("SELECT * FROM orders WHERE client_order_id = ?", (cid,)).fetchone()
+            r = _one(c, "SELECT * FROM orders WHERE client_order_id = ?", (cid,))
             return self._order(r) if r else None
 
     def orders(self, states: str | Iterable[str] | None = None, *, symbol: str | None = None,
@@ -546,7 +604,7 @@ class _Reads:
 
     def meta_value(self, key: str) -> str | None:
         with self._read() as c:
-            r = c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            r = _one(c, "SELECT value FROM meta WHERE key = ?", (key,))
             return r[0] if r else None
 
     @property
@@ -639,6 +697,7 @@ class StateReader(_Reads):
                 raise StateError(f"{self.path} is not initialised yet (the bot creates it)")
             if cipher is not None:
                 _verify_key(conn, cipher, self.path)
+            conn.finish_statements()
         except BaseException as e:
             if conn is not None:
                 conn.close()
@@ -765,17 +824,31 @@ class StateStore(_Reads):
                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short BEGIN IMMEDIATE transaction; commits on success, rolls back on error."""
+    def _write(self) -> Iterator[_Connection]:
+        """One short BEGIN IMMEDIATE transaction; commits on success, rolls back on error.
+
+        Every cursor opened inside is closed before COMMIT/ROLLBACK: a statement still running
+        (its cursor kept alive by anyone) would make COMMIT fail. A COMMIT that fails anyway
+        is rolled back, so the connection never stays inside a dead transaction."""
         with self._read() as c:
             _begin_immediate(c)
             try:
                 yield c
             except BaseException:
+                c.finish_statements()
                 if c.in_transaction:
-                    c.execute("ROLLBACK")
+                    _one(c, "ROLLBACK")
                 raise
-            c.execute("COMMIT")
+            c.finish_statements()
+            try:
+                _one(c, "COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    try:
+                        _one(c, "ROLLBACK")
+                    except sqlite3.Error:  # pragma: no cover - nothing more can be done here
+                        log.exception("ROLLBACK after a failed COMMIT failed")
+                raise
             self._writes += 1
             if (self._writes >= self._checkpoint_every
                     or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s):
@@ -784,7 +857,7 @@ class StateStore(_Reads):
     def _audit(self, c: sqlite3.Connection, cid: str | None, frm: str | None, to: str,
                note: str, now: float) -> None:
         # The id is chosen here (under the write lock) because the note is bound to it.
-        tid = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM transitions").fetchone()[0]
+        tid = _one(c, "SELECT COALESCE(MAX(id), 0) + 1 FROM transitions")[0]
         blob = self._cipher.encrypt("transitions", tid, "note", note) if note else None
         c.execute("INSERT INTO transitions(id, client_order_id, from_state, to_state, ts, note) "
                   "VALUES (?, ?, ?, ?, ?, ?)", (tid, cid, frm, to, now, blob))
@@ -803,10 +876,10 @@ class StateStore(_Reads):
             raise StateError(f"bot_id = {bot_id!r}: must be 1-12 letters or digits")
         name = "emergency" if emergency else "orders"
         with self._write() as c:
-            seq = c.execute(
-                "INSERT INTO sequences(name, value) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
-                (name, int(time.time() * 1_000_000))).fetchone()[0]
+            seq = _one(c,
+                       "INSERT INTO sequences(name, value) VALUES (?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+                       (name, int(time.time() * 1_000_000)))[0]
             c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('bot_id', ?)", (bot_id,))
         return f"tg-{bot_id}-{'x' if emergency else ''}{seq}", seq
 
@@ -862,7 +935,7 @@ class StateStore(_Reads):
         values = self._transition_values(cid, fields)
         now = time.time()
         with self._write() as c:
-            r = c.execute("SELECT state FROM orders WHERE client_order_id = ?", (cid,)).fetchone()
+            r = _one(c, "SELECT state FROM orders WHERE client_order_id = ?", (cid,))
             if r is None:
                 raise StateError(f"no order {cid!r} in the state store")
             frm = r[0]
@@ -873,8 +946,7 @@ class StateStore(_Reads):
             c.execute(f"UPDATE orders SET state = ?, updated_at = ?{sets} WHERE client_order_id = ?",
                       (to_state, now, *(values[col] for col in cols), cid))
             self._audit(c, cid, frm, to_state, note, now)
-            return self._order(c.execute("SELECT * FROM orders WHERE client_order_id = ?",
-                                         (cid,)).fetchone())
+            return self._order(_one(c, "SELECT * FROM orders WHERE client_order_id = ?", (cid,)))
 
     def _transition_values(self, cid: str, fields: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -918,8 +990,8 @@ class StateStore(_Reads):
                  fee, f.fee_currency, float(f.ts or now), raw))
             if cur.rowcount == 0:
                 return False
-            r = c.execute("SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
-                          (f.symbol,)).fetchone()
+            r = _one(c, "SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
+                     (f.symbol,))
             base, quote = f.symbol.split(":")[0].split("/", 1)
             amount, cost, pnl = apply_fill(*(tuple(r) if r else (0.0, 0.0, 0.0)), side=f.side,
                                            qty=qty, price=price, fee=fee,
@@ -952,8 +1024,8 @@ class StateStore(_Reads):
         price = _finite("price", price, positive=True, allow_none=True)
         now = time.time()
         with self._write() as c:
-            r = c.execute("SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
-                          (symbol,)).fetchone()
+            r = _one(c, "SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
+                     (symbol,))
             old, cost, pnl = tuple(r) if r else (0.0, 0.0, 0.0)
             avg = cost / old if old else (price or 0.0)
             if old and (new > 0) == (old > 0) and abs(new) > abs(old):
@@ -976,7 +1048,7 @@ class StateStore(_Reads):
     def kv_get(self, key: str, default: Any = None) -> Any:
         """A JSON value stored with kv_set, or ``default``."""
         with self._read() as c:
-            r = c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            r = _one(c, "SELECT value FROM kv WHERE key = ?", (key,))
             return default if r is None else self._dec_json("kv", key, "value", r[0])
 
     def kv_set(self, key: str, value: Any) -> None:
@@ -997,7 +1069,7 @@ class StateStore(_Reads):
     def checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it (bounded WAL); best effort with readers."""
         with self._read() as c:
-            busy, log_frames, done = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, log_frames, done = _one(c, "PRAGMA wal_checkpoint(TRUNCATE)")
             self._last_checkpoint = time.monotonic()
             self._writes = 0
             if busy:

@@ -95,6 +95,8 @@ def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
         "logfile_maxbytes=10MB", "logfile_backups=3", "loglevel=info",
         f"pidfile={paths.supervisor_dir / 'supervisord.pid'}", f"childlogdir={paths.logs_dir}",
         "identifier=tradeguard",
+        # said explicitly when root: supervisord otherwise logs a CRIT line on every start
+        *(["user=root"] if os.getuid() == 0 else []),
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
