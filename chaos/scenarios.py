@@ -157,8 +157,8 @@ def rate_limit_storm(ctx: Ctx) -> Injection:
             2: '{"code":-1015,"msg":"Too many new orders."}'}[choice]
     status = {0: 429, 1: 418, 2: 429}[choice]
     t0 = time.time()
-    s.add_fault(method="*", path="*", action="respond", status=status, body=body,
-                probability=0.7, times=100000)
+    # every request for a while: enough failures in a row to open the breakers, every time
+    s.add_fault(method="*", path="*", action="respond", status=status, body=body, times=100000)
     let_run(ctx.rng.uniform(2.0, 4.0) * (0.5 if ctx.quick else 1.0))
     s.clear_faults()
     return Injection(t0, recovered_after(s, time.time()), expect_kinds=["breaker."],

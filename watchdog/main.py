@@ -497,19 +497,23 @@ def run_watchdog(cfg: Config) -> int:
     alerter = Alerter(cfg.alerts, secrets_paths=paths)
     wd = Watchdog(cfg, manager, alerter)
 
+    signalled: list[str] = []
+
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
+        signalled.append(signal.Signals(signum).name)
+        log.info("received %s: stopping", signalled[-1])
         wd.stop_event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     health = _start_health(cfg, wd)
-    _warn_if_timeouts_clash(cfg)
     log.info("watching the bot every %.2fs through %s (state from %s: %s)", cfg.watchdog.interval_s,
              manager.name, paths.watchdog_state, "loaded" if wd.resumed else "new")
     try:
         return wd.run()
     finally:
+        if signalled:  # the record of a signal-triggered shutdown, taken after the loop ended
+            crashdump.dump(signalled[0].lower())
         if health is not None:
             health.stop()
         alerter.stop()
@@ -533,19 +537,6 @@ def _single_instance(path: Path) -> IO[str]:
     fh.write(str(os.getpid()))
     fh.flush()
     return fh
-
-
-def _warn_if_timeouts_clash(cfg: Config) -> None:
-    """The bot writes its heartbeat once per completed tick, and a tick may wait on the exchange
-    for up to ``[bot] tick_deadline_s``: a shorter heartbeat timeout restarts a bot that is only
-    waiting out a slow exchange."""
-    longest_tick = cfg.bot.tick_deadline_s + cfg.bot.loop_interval_s
-    if cfg.watchdog.heartbeat_timeout_s <= longest_tick:
-        msg = (f"[watchdog] heartbeat_timeout_s = {cfg.watchdog.heartbeat_timeout_s:g} is not longer "
-               f"than one slow tick ([bot] tick_deadline_s + loop_interval_s = {longest_tick:g}): "
-               "a bot waiting on a slow exchange will be judged hung and restarted")
-        log.warning(msg)
-        recorder.record("watchdog.config_warning", SOURCE, msg, severity="warning")
 
 
 def _start_health(cfg: Config, wd: Watchdog) -> Any:

@@ -93,7 +93,10 @@ class HealthServer:
         while time.monotonic() < drain_until and any(
                 getattr(ch, "total_outbufs_len", 0) for ch in list(server._map.values())):
             time.sleep(0.01)
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        try:
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        except OSError:  # the loop already ended and closed its trigger: nothing left to wake
+            pass
         self._thread.join(left())
         if self._thread.is_alive():
             log.warning("health endpoint loop did not stop in %.1fs; closing from outside", timeout)
