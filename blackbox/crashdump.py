@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "tradeguard-crashdump/1"
 RATE_LIMIT_S = 10.0
-RING_EVENTS = 200
 MAX_OPEN_FILES = 100
 OBJGRAPH_LIMIT = 20
 UNHANDLED = "unhandled exception"
@@ -131,7 +130,7 @@ def _collect(st: _Installed, reason: str, exc: BaseException | None,
         "memory": lambda: _memory(st),
         "config": lambda: st.config,
         "recorder": lambda: (recorder.get().stats() if recorder.get() else None),
-        "events": lambda: recorder.recent(RING_EVENTS),
+        "events": recorder.recent,  # the whole ring: [blackbox] ring_size
     }
     for name, collect in sections.items():
         try:

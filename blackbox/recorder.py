@@ -37,13 +37,14 @@ class Recorder:
     ``ring_size``), until a recorder with a store adopts them."""
 
     def __init__(self, role: str, store: EventStore | None = None, *,
-                 flush_interval_s: float = 0.1, ring_size: int = 5000,
+                 flush_interval_s: float = 0.1, ring_size: int = 1000,
                  max_pending: int = MAX_PENDING):
         self.role = role
         self.pid = os.getpid()
         self.store = store
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending if store is not None else ring_size
+        self.ring_size = ring_size
         self._ring: deque[Event] = deque(maxlen=ring_size)
         self._pending: deque[Event] = deque()
         self._overflow = 0  # dropped from _pending, not yet counted in the database
@@ -279,9 +280,11 @@ def get() -> Recorder | None:
     return _current
 
 
-def recent(n: int = 100) -> list[dict[str, Any]]:
-    """The last ``n`` events recorded in this process (redacted), oldest first."""
-    return (_current or _fallback).recent(n)
+def recent(n: int | None = None) -> list[dict[str, Any]]:
+    """The last ``n`` (default: all in the ring) events recorded in this process (redacted),
+    oldest first."""
+    rec = _current or _fallback
+    return rec.recent(rec.ring_size if n is None else n)
 
 
 def flush(timeout: float = 5.0) -> bool:

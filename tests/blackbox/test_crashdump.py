@@ -91,6 +91,15 @@ def test_a_dump_is_written_even_when_the_event_log_is_unavailable(paths, child):
     assert data["recorder"]["failing"] is True and data["errors"] == []
 
 
+def test_a_dump_carries_the_whole_ring_newest_last(paths, child):
+    p = child("ring", "150")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    data = json.loads(Path(out.strip()).read_text())
+    ring = [e["fields"]["i"] for e in data["events"] if e["kind"] == "test.ring"]
+    assert ring == list(range(300, 450))  # the last ring_size events, nothing older
+
+
 def test_fatal_signal_leaves_a_faulthandler_file_that_is_listed(paths, child):
     p = child("segv")
     assert p.stdout.readline().strip() == "ready", p.stderr.read()
