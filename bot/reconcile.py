@@ -262,7 +262,7 @@ def raise_sequence(db: Any, name: str, seen: int) -> None:
 
     One short write transaction on the ``sequences`` table (docs/INTERNALS.md), like any other
     writer of state.db. A sequence not used yet starts where the state store would start it (Unix
-    time in microseconds, resilience/state.py), or above ``seen`` if that is higher.
+    time in microseconds, resilience/state/), or above ``seen`` if that is higher.
     """
     con = sqlite3.connect(str(db), isolation_level=None, timeout=5)
     try:

@@ -1,0 +1,416 @@
+"""The writer, StateStore: opens (or quarantines and recreates) the database, commits changes."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from resilience import schema
+from resilience.crypto import FieldCipher
+from resilience.state.canary import CANARY, _canary_blob
+from resilience.state.connection import (SYNCHRONOUS, _Connection, _begin_immediate, _connect,
+                                         _one, _rows_after)
+from resilience.state.files import _quarantine, _side_files
+from resilience.state.positions import _DUST, apply_fill
+from resilience.state.probe import _probe, _usable_version
+from resilience.state.reads import _Reads
+from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, Fill,
+                                      NewOrder, Order)
+from resilience.state.validation import _BOT_ID_RE, _CID_RE, _TRANSITION_FIELDS, _finite
+from tradeguard.exceptions import StateError
+
+log = logging.getLogger("resilience.state")  # the package's name: JSON logs and filters use it
+
+EventCallback = Callable[..., None]
+Progress = Callable[[str, int], None]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class StateStore(_Reads):
+    """The writer (the bot; the watchdog for emergency orders). See the package docstring."""
+
+    def __init__(self, path: Path, cipher: FieldCipher, *, synchronous: str = "FULL",
+                 on_event: EventCallback | None = None, checkpoint_every: int = 2000,
+                 checkpoint_interval_s: float = 300.0):
+        super().__init__()
+        if not isinstance(cipher, FieldCipher):
+            raise TypeError(f"cipher must be a FieldCipher, not {type(cipher).__name__} "
+                            "(ensure_cipher returns a (cipher, generated) pair)")
+        sync = str(synchronous).upper()
+        if sync not in SYNCHRONOUS:
+            raise StateError(f"synchronous = {synchronous!r}: must be one of {', '.join(SYNCHRONOUS)}")
+        self.path = Path(path)
+        self._cipher = cipher
+        self._on_event = on_event
+        self._checkpoint_every = max(int(checkpoint_every), 1)
+        self._checkpoint_interval_s = float(checkpoint_interval_s)
+        self._writes = 0  # since the last checkpoint
+        self._last_checkpoint = time.monotonic()
+        self.quarantined: Path | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+        problem = None
+        if self.path.exists():
+            problem = _probe(self.path, cipher)
+        elif any(p.exists() for p in _side_files(self.path)):
+            problem = "a -wal/-shm file without its database"
+        if problem:
+            self.quarantined = _quarantine(self.path)
+            log.error("state.db is damaged (%s); moved to %s, starting empty", problem,
+                      self.quarantined)
+            self._emit("state.quarantined",
+                       f"state.db failed its integrity check ({problem}); moved to "
+                       f"{self.quarantined}; starting empty: the bot must rebuild its state "
+                       "from the exchange before trading", path=str(self.quarantined),
+                       problem=problem, severity="critical")
+        if not self.path.exists():  # private from the start; -wal/-shm inherit the mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            self._conn = _connect(self.path, readonly=False, synchronous=sync)
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"cannot open {self.path}: {e}") from None
+        try:
+            self._init_schema()
+        except BaseException:
+            self._closed = True
+            self._conn.close()
+            raise
+
+    @classmethod
+    def open(cls, path: Path, cipher: FieldCipher, *, synchronous: str = "FULL",
+             on_event: EventCallback | None = None) -> "StateStore":
+        """Open (create, migrate, or quarantine and recreate) the state database."""
+        return cls(path, cipher, synchronous=synchronous, on_event=on_event)
+
+    def _emit(self, kind: str, message: str, **fields: Any) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(kind, message, **fields)
+        except Exception:  # noqa: BLE001 - a broken recorder must not break the store
+            log.exception("on_event callback failed for %s", kind)
+
+    def _init_schema(self) -> None:
+        with self._write() as c:
+            # checked again under the write lock: another process may have created it meanwhile
+            version = _usable_version(c, self._cipher, self.path)
+            applied = schema.migrate(c)
+            if _canary_blob(c) is None:
+                blob = self._cipher.encrypt("meta", "canary", "value", CANARY)
+                self._meta_set(c, "canary", base64.b64encode(blob).decode())
+                self._meta_set(c, "key_id", self._cipher.current_key_id)
+            if version == 0:
+                self._meta_set(c, "created_at", str(time.time()))
+                self._meta_set(c, "needs_reconciliation", "1" if self.quarantined else "0")
+                if self.quarantined:
+                    self._meta_set(c, "needs_reconciliation_reason",
+                                   f"state.db was quarantined to {self.quarantined.name}")
+        if applied and version:
+            log.info("state.db migrated from schema %d to %d", version, applied[-1])
+            self._emit("state.migrated", f"state.db migrated from schema version {version} "
+                       f"to {applied[-1]}", from_version=version, to_version=applied[-1])
+
+    @staticmethod
+    def _meta_set(c: sqlite3.Connection, key: str, value: str) -> None:
+        c.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    @contextmanager
+    def _write(self) -> Iterator[_Connection]:
+        """One short BEGIN IMMEDIATE transaction; commits on success, rolls back on error.
+
+        Every cursor opened inside is closed before COMMIT/ROLLBACK: a statement still running
+        (its cursor kept alive by anyone) would make COMMIT fail. A COMMIT that fails anyway
+        is rolled back, so the connection never stays inside a dead transaction."""
+        with self._read() as c:
+            _begin_immediate(c)
+            try:
+                yield c
+            except BaseException:
+                c.finish_statements()
+                if c.in_transaction:
+                    _one(c, "ROLLBACK")
+                raise
+            c.finish_statements()
+            try:
+                _one(c, "COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    try:
+                        _one(c, "ROLLBACK")
+                    except sqlite3.Error:  # pragma: no cover - nothing more can be done here
+                        log.exception("ROLLBACK after a failed COMMIT failed")
+                raise
+            self._writes += 1
+            if (self._writes >= self._checkpoint_every
+                    or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s):
+                self.checkpoint()
+
+    def _audit(self, c: sqlite3.Connection, cid: str | None, frm: str | None, to: str,
+               note: str, now: float) -> None:
+        # The id is chosen here (under the write lock) because the note is bound to it.
+        tid = _one(c, "SELECT COALESCE(MAX(id), 0) + 1 FROM transitions")[0]
+        blob = self._cipher.encrypt("transitions", tid, "note", note) if note else None
+        c.execute("INSERT INTO transitions(id, client_order_id, from_state, to_state, ts, note) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", (tid, cid, frm, to, now, blob))
+
+    # --- reconciliation flag ------------------------------------------------------------
+    def set_needs_reconciliation(self, flag: bool, reason: str = "") -> None:
+        """Mark (or clear) that the bot must rebuild its state from the exchange before trading."""
+        with self._write() as c:
+            self._meta_set(c, "needs_reconciliation", "1" if flag else "0")
+            self._meta_set(c, "needs_reconciliation_reason", reason if flag else "")
+
+    # --- orders -------------------------------------------------------------------------
+    def next_client_order_id(self, bot_id: str, *, emergency: bool = False) -> tuple[str, int]:
+        """A new durable client order id: ``tg-<bot_id>-<seq>`` (``-x<seq>`` for emergencies)."""
+        if not isinstance(bot_id, str) or not _BOT_ID_RE.fullmatch(bot_id):
+            raise StateError(f"bot_id = {bot_id!r}: must be 1-12 letters or digits")
+        name = "emergency" if emergency else "orders"
+        with self._write() as c:
+            seq = _one(c,
+                       "INSERT INTO sequences(name, value) VALUES (?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+                       (name, int(time.time() * 1_000_000)))[0]
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('bot_id', ?)", (bot_id,))
+        return f"tg-{bot_id}-{'x' if emergency else ''}{seq}", seq
+
+    def add_intent(self, o: NewOrder) -> Order:
+        """Commit a new order as INTENT (durably) before anything is sent; duplicate id -> StateError."""
+        self._validate_new(o)
+        price = None if o.price is None else float(o.price)
+        now = time.time()
+        with self._write() as c:
+            reason = self._cipher.encrypt("orders", o.client_order_id, "reason", o.reason) \
+                if o.reason else None
+            try:
+                c.execute(
+                    "INSERT INTO orders(client_order_id, seq, bot_id, origin, purpose, symbol, "
+                    "side, type, amount, price, state, filled, fee, attempts, created_at, "
+                    "updated_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'INTENT', 0, 0, 0, "
+                    "?, ?, ?)",
+                    (o.client_order_id, int(o.seq), o.bot_id, o.origin, o.purpose, o.symbol,
+                     o.side, o.type, float(o.amount), price, now, now, reason))
+            except sqlite3.IntegrityError:
+                raise StateError(f"order {o.client_order_id} already exists") from None
+            self._audit(c, o.client_order_id, None, "INTENT", "", now)  # reason: on the order
+        return Order(o.client_order_id, int(o.seq), o.bot_id, o.origin, o.purpose, o.symbol,
+                     o.side, o.type, float(o.amount), price, "INTENT", 0.0, None, 0.0, None, 0,
+                     now, now, o.reason, None)
+
+    @staticmethod
+    def _validate_new(o: NewOrder) -> None:
+        if not isinstance(o.client_order_id, str) or not _CID_RE.fullmatch(o.client_order_id):
+            raise StateError(f"client_order_id {o.client_order_id!r}: must match "
+                             f"{_CID_RE.pattern}")
+        if not isinstance(o.symbol, str) or "/" not in o.symbol or o.symbol != o.symbol.strip():
+            raise StateError(f"symbol {o.symbol!r}: must look like 'BTC/USDT'")
+        for name, value, allowed in (("side", o.side, SIDES), ("purpose", o.purpose, PURPOSES),
+                                     ("origin", o.origin, ORIGINS)):
+            if value not in allowed:
+                raise StateError(f"{name} {value!r}: must be one of {', '.join(allowed)}")
+        if not isinstance(o.type, str) or not re.fullmatch(r"[a-z_]{1,32}", o.type):
+            raise StateError(f"type {o.type!r}: must be a ccxt order type such as 'market'")
+        _finite("amount", o.amount, positive=True)
+        _finite("price", o.price, positive=True, allow_none=True)
+        if not isinstance(o.reason, str):
+            raise StateError(f"reason {o.reason!r}: must be text")
+
+    def transition(self, cid: str, to_state: str, *, note: str = "", **fields: Any) -> Order:
+        """Move an order to ``to_state`` (validated), update ``fields``, audit it; one transaction."""
+        if to_state not in ORDER_STATES:
+            raise StateError(f"unknown order state {to_state!r}; known: {', '.join(ORDER_STATES)}")
+        unknown = set(fields) - set(_TRANSITION_FIELDS)
+        if unknown:
+            raise StateError(f"transition() got unknown field(s) {sorted(unknown)}; allowed: "
+                             f"{', '.join(_TRANSITION_FIELDS)}")
+        values = self._transition_values(cid, fields)
+        now = time.time()
+        with self._write() as c:
+            r = _one(c, "SELECT state FROM orders WHERE client_order_id = ?", (cid,))
+            if r is None:
+                raise StateError(f"no order {cid!r} in the state store")
+            frm = r[0]
+            if to_state not in ALLOWED[frm]:
+                raise StateError(f"illegal transition {frm} -> {to_state} for order {cid}")
+            cols = sorted(values)
+            sets = "".join(f", {col} = ?" for col in cols)
+            c.execute(f"UPDATE orders SET state = ?, updated_at = ?{sets} WHERE client_order_id = ?",
+                      (to_state, now, *(values[col] for col in cols), cid))
+            self._audit(c, cid, frm, to_state, note, now)
+            return self._order(_one(c, "SELECT * FROM orders WHERE client_order_id = ?", (cid,)))
+
+    def _transition_values(self, cid: str, fields: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in fields.items():
+            if k in ("filled", "fee"):
+                out[k] = _finite(k, v)
+            elif k in ("average", "price"):
+                out[k] = _finite(k, v, allow_none=True)
+            elif k == "attempts":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise StateError(f"attempts = {v!r}: must be an integer >= 0")
+                out[k] = v
+            elif k == "exchange_order_id":
+                out[k] = None if v is None else str(v)
+            elif k == "reason":
+                out[k] = self._cipher.encrypt("orders", cid, "reason", str(v)) if v else None
+            elif k == "raw":
+                out[k] = None if v is None else self._cipher.encrypt("orders", cid, "raw", _dumps(v))
+        return out
+
+    # --- fills and positions ------------------------------------------------------------
+    def add_fill(self, f: Fill) -> bool:
+        """Record a fill and update its position in one transaction; False if already known."""
+        if f.side not in SIDES:
+            raise StateError(f"fill {f.fill_id}: side {f.side!r} must be buy or sell")
+        if not isinstance(f.symbol, str) or "/" not in f.symbol:
+            raise StateError(f"fill {f.fill_id}: symbol {f.symbol!r} must look like 'BTC/USDT'")
+        qty = _finite("fill amount", f.amount, positive=True)
+        price = _finite("fill price", f.price, positive=True)
+        fee = _finite("fill fee", f.fee)
+        fill_id = str(f.fill_id)
+        pk = schema.aad_pk("fills", {"fill_id": fill_id, "symbol": f.symbol})
+        raw = None if f.raw is None else self._cipher.encrypt("fills", pk, "raw", _dumps(f.raw))
+        now = time.time()
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO fills(fill_id, symbol, client_order_id, exchange_order_id, "
+                "side, amount, price, fee, fee_currency, ts, raw) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (fill_id, f.symbol, f.client_order_id, f.exchange_order_id, f.side, qty, price,
+                 fee, f.fee_currency, float(f.ts or now), raw))
+            if cur.rowcount == 0:
+                return False
+            r = _one(c, "SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
+                     (f.symbol,))
+            base, quote = f.symbol.split(":")[0].split("/", 1)
+            amount, cost, pnl = apply_fill(*(tuple(r) if r else (0.0, 0.0, 0.0)), side=f.side,
+                                           qty=qty, price=price, fee=fee,
+                                           fee_currency=f.fee_currency, base=base, quote=quote)
+            self._put_position(c, f.symbol, amount, cost, pnl, now)
+            return True
+
+    @staticmethod
+    def _put_position(c: sqlite3.Connection, symbol: str, amount: float, cost: float,
+                      pnl: float, now: float) -> None:
+        c.execute("INSERT INTO positions(symbol, amount, cost, realized_pnl, updated_at) "
+                  "VALUES (?, ?, ?, ?, ?) ON CONFLICT(symbol) DO UPDATE SET amount = excluded.amount, "
+                  "cost = excluded.cost, realized_pnl = excluded.realized_pnl, "
+                  "updated_at = excluded.updated_at", (symbol, amount, cost, pnl, now))
+
+    def adjust_position(self, symbol: str, amount: float, *, reason: str,
+                        price: float | None = None) -> None:
+        """Adopt the exchange's position (reconciliation); audited with ``reason``.
+
+        Units kept keep their average cost; units added cost ``price`` (or the current average
+        when no price is given); realized pnl is unchanged."""
+        if not reason:
+            raise StateError("adjust_position needs a reason (it is audited)")
+        try:
+            new = float(amount)
+        except (TypeError, ValueError):
+            raise StateError(f"amount = {amount!r}: must be a number") from None
+        if not math.isfinite(new):
+            raise StateError(f"amount = {amount!r}: must be finite")
+        price = _finite("price", price, positive=True, allow_none=True)
+        now = time.time()
+        with self._write() as c:
+            r = _one(c, "SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
+                     (symbol,))
+            old, cost, pnl = tuple(r) if r else (0.0, 0.0, 0.0)
+            avg = cost / old if old else (price or 0.0)
+            if old and (new > 0) == (old > 0) and abs(new) > abs(old):
+                cost += (new - old) * (price if price is not None else avg)
+            elif old and (new > 0) == (old > 0):
+                cost = avg * new
+            else:
+                cost = new * (price if price is not None else avg)
+            if abs(new) < _DUST:
+                new, cost = 0.0, 0.0
+            self._put_position(c, symbol, new, cost, pnl, now)
+            note = _dumps({"symbol": symbol, "from": old, "to": new, "price": price,
+                           "reason": reason})
+            self._audit(c, None, "POSITION", "ADJUST", note, now)
+        log.warning("position %s adjusted from %g to %g: %s", symbol, old, new, reason)
+        self._emit("state.position_adjusted", f"{symbol} position adjusted from {old:g} to "
+                   f"{new:g}: {reason}", symbol=symbol, old=old, new=new, severity="warning")
+
+    # --- key/value state ----------------------------------------------------------------
+    def kv_get(self, key: str, default: Any = None) -> Any:
+        """A JSON value stored with kv_set, or ``default``."""
+        with self._read() as c:
+            r = _one(c, "SELECT value FROM kv WHERE key = ?", (key,))
+            return default if r is None else self._dec_json("kv", key, "value", r[0])
+
+    def kv_set(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value (encrypted)."""
+        if not isinstance(key, str) or not key:
+            raise StateError(f"kv key {key!r}: must be non-empty text")
+        try:
+            text = json.dumps(value, separators=(",", ":"))
+        except (TypeError, ValueError) as e:
+            raise StateError(f"kv value for {key!r} is not JSON-serialisable: {e}") from None
+        blob = self._cipher.encrypt("kv", key, "value", text)
+        with self._write() as c:
+            c.execute("INSERT INTO kv(key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+                      "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                      (key, blob, time.time()))
+
+    # --- maintenance --------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (bounded WAL); best effort with readers."""
+        with self._read() as c:
+            busy, log_frames, done = _one(c, "PRAGMA wal_checkpoint(TRUNCATE)")
+            self._last_checkpoint = time.monotonic()
+            self._writes = 0
+            if busy:
+                log.debug("wal checkpoint incomplete (%s of %s frames): readers active",
+                          done, log_frames)
+
+    def reencrypt(self, *, batch_size: int = 500, progress: Progress | None = None) -> int:
+        """Re-encrypt every value not under the current key, in short batches; count changed.
+
+        Safe to kill at any point: each batch is one transaction and each value names its key."""
+        total = 0
+        for table, _pk, cols in schema.ENCRYPTED:
+            last = 0
+            while True:
+                with self._write() as c:
+                    rows = _rows_after(c, table, last, batch_size)
+                    changed = 0
+                    for r in rows:
+                        updates = {col: self._cipher.reencrypt(table, schema.aad_pk(table, r),
+                                                               col, r[col])
+                                   for col in cols
+                                   if r[col] is not None and self._cipher.needs_reencrypt(r[col])}
+                        if updates:
+                            sets = ", ".join(f"{col} = ?" for col in updates)
+                            c.execute(f"UPDATE {table} SET {sets} WHERE rowid = ?",
+                                      (*updates.values(), r["_rid"]))
+                            changed += len(updates)
+                if not rows:
+                    break
+                last = rows[-1]["_rid"]
+                total += changed
+                if changed and progress:
+                    progress("reencrypt", total)
+        with self._write() as c:
+            blob = _canary_blob(c)
+            if blob is not None and self._cipher.needs_reencrypt(blob):
+                blob = self._cipher.reencrypt("meta", "canary", "value", blob)
+                self._meta_set(c, "canary", base64.b64encode(blob).decode())
+                total += 1
+            self._meta_set(c, "key_id", self._cipher.current_key_id)
+        return total
