@@ -248,6 +248,9 @@ def kill_switch(ctx: Ctx) -> Injection:
         tmp = s.paths.kill_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"mode": mode, "reason": "chaos (file)", "at": t0, "by": "chaos"}))
         os.replace(tmp, s.paths.kill_file)
+    # the switch is engaged from the moment the kill file says, not from when the CLI started
+    # (its interpreter takes a second to get there, and the bot trades on meanwhile)
+    t0 = _kill_at(s)
     state_ok = poll(lambda: (hb := s.heartbeat()) and hb.ts > t0 and hb.state == "safe"
                     and (mode == "halt" or _flat(s)), 30)
     t_done = time.time() if state_ok else None

@@ -4,9 +4,13 @@
 own too). Round after round, until nothing is left to sell, the exchange refuses (a
 non-retryable error) or ``[watchdog] emergency_timeout_s`` passes, it
 
-1. resolves the emergency orders an earlier, interrupted run left behind — by client order id,
-   never by sending a new id for an order whose outcome is unknown (an ``INTENT`` that the
-   exchange does not have was never sent: it is cancelled, as the bot does at startup);
+1. resolves the orders still in flight — the emergency orders an earlier, interrupted run left
+   behind and, once the bot is stopped, the bot's own ``INTENT``/``SUBMITTING``/``UNKNOWN``
+   orders (a buy that filled while the bot died before recording it is part of what must be
+   sold) — by client order id, never by sending a new id for an order whose outcome is unknown
+   (an ``INTENT`` that the exchange does not have was never sent: it is cancelled, as the bot
+   does at startup; a bot order the exchange still lacks after ``unknown_grace_s`` is cancelled,
+   never resent: a flatten only sells);
 2. cancels the bot's open orders on the exchange (client order id prefix ``tg-<bot_id>-``) and
    records their final state and fills in ``state.db``;
 3. sells the smaller of the position recorded in ``state.db`` and the exchange's free balance,
@@ -32,7 +36,7 @@ from blackbox import recorder
 from bot.engine import StoppableBudget
 from bot.exchange import (build_exchange, checked_order, create_order_params,
                           fetch_order_by_client_id, tradable_amount)
-from bot.orders import LIVE, OrderBook
+from bot.orders import IN_FLIGHT, LIVE, OrderBook
 from bot.risk import RiskLimits
 from bot.runtime import Runtime
 from resilience.classify import ErrorClass, classify
@@ -106,9 +110,12 @@ class _Retry(Exception):
 class Flattener:
     """Flatten rounds over one runtime (exchange client, resilience manager, state store)."""
 
-    def __init__(self, rt: Runtime, stop: threading.Event, deadline: float):
+    def __init__(self, rt: Runtime, stop: threading.Event, deadline: float, *,
+                 bot_stopped: bool = True):
         self.rt, self.cfg, self.store, self.ex = rt, rt.cfg, rt.store, rt.exchange
         self.stop, self.deadline = stop, deadline
+        self.bot_stopped = bot_stopped  # only then are the bot's own orders ours to settle
+        self._bot_missing: dict[str, float] = {}  # cid -> when the exchange first lacked it
         self.book = OrderBook(rt, RiskLimits(rt.cfg.risk))
         self.refused: dict[str, str] = {}
 
@@ -164,8 +171,8 @@ class Flattener:
         todo = [p for p in plans if p.symbol not in self.refused and p.symbol not in unresolved]
         sent = [self.sell(p, result, budget) for p in todo]
         if unresolved:
-            raise _Retry(f"emergency order(s) {', '.join(sorted(unresolved.values()))} still "
-                         "unresolved; resolving by client order id")
+            raise _Retry(f"order(s) {', '.join(sorted(unresolved.values()))} still unresolved; "
+                         "resolving by client order id")
         if not todo:
             return True
         if not any(sent):
@@ -178,13 +185,15 @@ class Flattener:
         return list(dict.fromkeys([*self.cfg.exchange.symbols, *held]))
 
     def resolve_own(self, result: FlattenResult, budget: StoppableBudget) -> dict[str, str]:
-        """Settle the emergency orders not final yet; returns {symbol: cid} still unresolved."""
+        """Settle the orders in flight (emergency ones, and the stopped bot's); returns
+        {symbol: cid} still unresolved. The bot's OPEN orders are cancel_bot_orders' job."""
         unresolved: dict[str, str] = {}
         for o in self.store.orders(states=LIVE):
-            if o.origin != "watchdog":
+            mine = o.origin == "watchdog"
+            if not mine and not (self.bot_stopped and o.state in IN_FLIGHT):
                 continue
             cid = o.client_order_id
-            if cid not in result.orders:
+            if mine and cid not in result.orders:
                 result.orders.append(cid)
             if o.state in ("INTENT", "SUBMITTING"):
                 ex = self.rt.call("orders", fetch_order_by_client_id, self.ex, o.symbol, cid,
@@ -194,15 +203,18 @@ class Flattener:
                         o = self._transition(o, "SUBMITTING", "found on the exchange")
                     o = self.book.apply(o, ex, "emergency: found on the exchange by client order id")
                 elif o.state == "INTENT":  # committed, never sent (SUBMITTING precedes the request)
-                    o = self._transition(o, "CANCELED", "not sent: the flatten stopped before "
+                    who = "flatten" if mine else "bot"
+                    o = self._transition(o, "CANCELED", f"not sent: the {who} stopped before "
                                          "submitting it")
                 else:
                     o = self._transition(o, "UNKNOWN", "interrupted while submitting; not on the "
                                          "exchange yet")
-            if o.state == "UNKNOWN":
-                self.book.resolve(o, budget)
+            if o.state == "UNKNOWN" and mine:
+                self.book.resolve(o, budget)  # an emergency sell may be resent, same id
                 o = self.store.get_order(cid)
-            elif o.state == "OPEN":
+            elif o.state == "UNKNOWN":
+                o = self._settle_bot_unknown(o, budget)
+            elif o.state == "OPEN" and mine:
                 ex = self.rt.call("orders", fetch_order_by_client_id, self.ex, o.symbol, cid,
                                   budget=budget)
                 if ex is not None:
@@ -210,9 +222,22 @@ class Flattener:
                 if o.state == "OPEN":
                     self.book.cancel(o, "emergency: replaced by a fresh market sell", budget)
                     o = self.store.get_order(cid)
-            if o.state not in ("FILLED", "CANCELED", "REJECTED"):
+            if o.state in IN_FLIGHT or (mine and o.state == "OPEN"):
                 unresolved[o.symbol] = cid
         return unresolved
+
+    def _settle_bot_unknown(self, o: Any, budget: StoppableBudget) -> Any:
+        """A bot order of unknown outcome: adopt what the exchange has, never resend it (a
+        flatten only sells); still absent after ``unknown_grace_s``, it never arrived."""
+        ex = self.rt.call("orders", fetch_order_by_client_id, self.ex, o.symbol,
+                          o.client_order_id, budget=budget)
+        if ex is not None:
+            return self.book.apply(o, ex, "emergency: found on the exchange by client order id")
+        first = self._bot_missing.setdefault(o.client_order_id, time.monotonic())
+        if time.monotonic() - first < self.cfg.bot.unknown_grace_s:
+            return o
+        return self._transition(o, "CANCELED", "never reached the exchange; not resubmitted "
+                                "during an emergency flatten")
 
     def cancel_bot_orders(self, result: FlattenResult, budget: StoppableBudget) -> None:
         """Cancel every open order of this bot on the exchange; record what the exchange says."""
@@ -339,9 +364,12 @@ def open_runtime(cfg: Config, *, exchange: Any | None = None) -> Runtime:
 
 
 def flatten(cfg: Config, reason: str, *, stop: threading.Event | None = None,
-            exchange: Any | None = None) -> FlattenResult:
+            exchange: Any | None = None, bot_stopped: bool = True) -> FlattenResult:
     """Cancel the bot's orders and sell what it owns; returns the outcome, never raises for
-    exchange trouble (a flatten that cannot even start is a failed flatten)."""
+    exchange trouble (a flatten that cannot even start is a failed flatten).
+
+    ``bot_stopped=False`` (the bot could not be stopped) leaves the bot's orders in flight to
+    the bot: two writers must not settle the same order."""
     deadline = time.monotonic() + cfg.watchdog.emergency_timeout_s
     if not cfg.runtime.state_db.exists():
         msg = f"no {cfg.runtime.state_db}: the bot has no recorded position to sell"
@@ -354,7 +382,8 @@ def flatten(cfg: Config, reason: str, *, stop: threading.Event | None = None,
         _record("flatten_failed", f"flatten could not start: {e}", severity="critical")
         return FlattenResult.failed(f"cannot start: {type(e).__name__}: {e}", reason)
     try:
-        return Flattener(rt, stop or threading.Event(), deadline).run(reason)
+        return Flattener(rt, stop or threading.Event(), deadline,
+                         bot_stopped=bot_stopped).run(reason)
     finally:
         rt.store.close()
 

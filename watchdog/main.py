@@ -372,11 +372,13 @@ class Watchdog:
             how = self.manager.stop()
             recorder.record("emergency.bot_stopped", SOURCE, f"bot stopped: {how}",
                             critical=True, manager=self.manager.name)
+            stopped = True
         except TradeguardError as e:
             log.error("could not stop the bot through %s: %s", self.manager.name, e)
             recorder.record("emergency.bot_stop_failed", SOURCE, str(e), severity="error",
                             critical=True)
-        result = flatten(self.cfg, reason, stop=self.stop_event)
+            stopped = False
+        result = flatten(self.cfg, reason, stop=self.stop_event, bot_stopped=stopped)
         self._emergency_finished(result)
         return result
 

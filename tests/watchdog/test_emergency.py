@@ -182,3 +182,59 @@ def test_exchange_outage_fails_at_the_deadline_as_retryable(paper_exchange):
     px.clear_faults()
     assert flatten(cfg, "again").state == "done"
     assert balance(px, "BTC") == pytest.approx(0.0)
+
+
+def _bot_order_in_flight(cfg, amount: float, state: str) -> str:
+    """The bot's market buy committed as INTENT (and moved to ``state``), as a bot killed in
+    the middle of its order lifecycle leaves it; returns the client order id."""
+    from resilience.state import NewOrder
+
+    with bot_store(cfg) as store:
+        cid, seq = store.next_client_order_id(cfg.bot.bot_id)
+        store.add_intent(NewOrder(client_order_id=cid, seq=seq, bot_id=cfg.bot.bot_id,
+                                  symbol=SYMBOL, side="buy", type="market", amount=amount))
+        if state != "INTENT":
+            store.transition(cid, "SUBMITTING", note="test: submitting")
+        if state == "UNKNOWN":
+            store.transition(cid, "UNKNOWN", note="test: outcome unknown")
+    return cid
+
+
+def test_the_stopped_bots_orders_in_flight_are_settled_and_their_fills_sold(paper_exchange):
+    px = paper_exchange
+    cfg = exchange_cfg(px)
+    bot_buys(cfg, SYMBOL, 0.01)
+    never_sent = _bot_order_in_flight(cfg, 0.001, "INTENT")
+    filled_unrecorded = _bot_order_in_flight(cfg, 0.002, "SUBMITTING")
+    lost = _bot_order_in_flight(cfg, 0.003, "UNKNOWN")
+    # the bot's request for the SUBMITTING one reached the exchange; the bot died before the answer
+    ex = px.client()
+    ex.create_order(SYMBOL, "market", "buy", 0.002, None, {"newClientOrderId": filled_unrecorded})
+    assert balance(px, "BTC") == pytest.approx(0.012)
+
+    r = flatten(cfg, "test")
+
+    assert r.state == "done", r
+    assert r.sold == {SYMBOL: pytest.approx(0.012)}  # including the fill the bot never recorded
+    assert balance(px, "BTC") == pytest.approx(0.0)
+    assert recorded_position(cfg, SYMBOL) == pytest.approx(0.0)
+    with bot_store(cfg) as store:
+        assert store.get_order(never_sent).state == "CANCELED"
+        assert store.get_order(filled_unrecorded).state == "FILLED"
+        assert [f.amount for f in store.fills(client_order_id=filled_unrecorded)] == \
+            [pytest.approx(0.002)]
+        assert store.get_order(lost).state == "CANCELED"  # never resent: a flatten only sells
+        assert store.orders(states=("INTENT", "SUBMITTING", "UNKNOWN")) == []
+    assert [o["clientOrderId"] for o in ledger_orders(px, PREFIX) if o["side"] == "BUY"].count(lost) == 0
+
+
+def test_a_bot_that_could_not_be_stopped_keeps_its_orders_in_flight(paper_exchange):
+    cfg = exchange_cfg(paper_exchange)
+    bot_buys(cfg, SYMBOL, 0.01)
+    cid = _bot_order_in_flight(cfg, 0.001, "INTENT")
+
+    r = flatten(cfg, "test", bot_stopped=False)
+
+    assert r.state == "done", r
+    with bot_store(cfg) as store:
+        assert store.get_order(cid).state == "INTENT"  # the bot's to settle: two writers must not
