@@ -49,7 +49,7 @@ def test_stalled_when_seq_stops_advancing(data_dir, logs_dir, hbbot):
     c = checker(data_dir, logs_dir)
     v = verdict_becomes(c, "stalled")
     assert v.evidence["hb_age_s"] < 0.6  # the file is fresh: not hung
-    assert v.evidence["no_progress_s"] > 0.6 and v.evidence["seq"] == 1
+    assert v.evidence["no_progress_s"] >= 0.6 and v.evidence["seq"] == 1  # evidence is rounded to the ms
 
 
 def test_leaking_over_memory_limit(data_dir, logs_dir, hbbot):
