@@ -7,6 +7,7 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
+from blackbox.events import format_ts
 from chaos.harness import Outcome
 
 
@@ -107,7 +108,8 @@ def markdown(outcomes: list[Outcome], meta: dict) -> str:
                 lines.append(f"- note: {o.note}")
             lines += ["", "Black box (last events):", "", "```"]
             for e in o.blackbox[-30:]:
-                lines.append(f"{e.get('ts', '')} {e.get('role', '')}[{e.get('pid', '')}] "
+                when = format_ts(e["ts"]) if isinstance(e.get("ts"), (int, float)) else "?"
+                lines.append(f"{when} {e.get('role', '')}[{e.get('pid', '')}] "
                              f"{e.get('kind', '')}: {e.get('message', '')}")
             lines += ["```", ""]
     return "\n".join(lines) + "\n"
