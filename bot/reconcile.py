@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,7 +210,7 @@ class Reconciler:
     def _bump_sequences(self, rep: Report) -> None:
         for name, seen in (("orders", rep.max_seq), ("emergency", rep.max_emergency_seq)):
             if seen:
-                raise_sequence(self.rt.cfg.runtime.state_db, name, seen)
+                self.rt.store.raise_sequence(name, seen)
 
     def _positions(self, balance: dict[str, Any], rep: Report) -> None:
         totals = balance.get("total") or {}
@@ -255,21 +253,3 @@ def _step(exchange: Any, symbol: str) -> float:
         return float(prec) if prec is not None else 0.0
     except (KeyError, TypeError, ValueError):
         return 0.0
-
-
-def raise_sequence(db: Any, name: str, seen: int) -> None:
-    """Make the durable sequence ``name`` hand out only ids above ``seen`` (never lowers it).
-
-    One short write transaction on the ``sequences`` table (docs/INTERNALS.md), like any other
-    writer of state.db. A sequence not used yet starts where the state store would start it (Unix
-    time in microseconds, resilience/state/), or above ``seen`` if that is higher.
-    """
-    con = sqlite3.connect(str(db), isolation_level=None, timeout=5)
-    try:
-        con.execute("BEGIN IMMEDIATE")
-        con.execute("INSERT INTO sequences(name, value) VALUES (?, ?) ON CONFLICT(name) "
-                    "DO UPDATE SET value = MAX(value, ?)",
-                    (name, max(int(seen), int(time.time() * 1_000_000)), int(seen)))
-        con.execute("COMMIT")
-    finally:
-        con.close()

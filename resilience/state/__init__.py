@@ -17,6 +17,7 @@ API (Order, Fill, Position are frozen dataclasses; amounts are floats)::
         def close(self)
         needs_reconciliation -> bool; def set_needs_reconciliation(self, flag, reason="")
         def next_client_order_id(self, bot_id, *, emergency=False) -> tuple[str, int]
+        def raise_sequence(self, name, seen) -> None  # above ids seen on the exchange
         def add_intent(self, o: NewOrder) -> Order
         def transition(self, cid, to_state, *, note="", **fields) -> Order
         def get_order(self, cid) -> Order | None

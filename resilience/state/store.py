@@ -37,6 +37,14 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+SEQUENCES = ("orders", "emergency")
+
+
+def _sequence_start() -> int:
+    """Where a sequence starts on first use: Unix time in µs (see the package docstring)."""
+    return int(time.time() * 1_000_000)
+
+
 class StateStore(_Reads):
     """The writer (the bot; the watchdog for emergency orders). See the package docstring."""
 
@@ -182,9 +190,21 @@ class StateStore(_Reads):
             seq = _one(c,
                        "INSERT INTO sequences(name, value) VALUES (?, ?) "
                        "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
-                       (name, int(time.time() * 1_000_000)))[0]
+                       (name, _sequence_start()))[0]
             c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('bot_id', ?)", (bot_id,))
         return f"tg-{bot_id}-{'x' if emergency else ''}{seq}", seq
+
+    def raise_sequence(self, name: str, seen: int) -> None:
+        """Make sequence ``name`` (``orders`` or ``emergency``) hand out only numbers above
+        ``seen`` (the highest the exchange has seen); never lowers it."""
+        if name not in SEQUENCES:
+            raise StateError(f"sequence {name!r}: must be one of {', '.join(SEQUENCES)}")
+        if isinstance(seen, bool) or not isinstance(seen, int) or seen < 0:
+            raise StateError(f"seen = {seen!r}: must be a non-negative integer")
+        with self._write() as c:
+            c.execute("INSERT INTO sequences(name, value) VALUES (?, ?) ON CONFLICT(name) "
+                      "DO UPDATE SET value = MAX(value, ?)",
+                      (name, max(seen, _sequence_start()), seen))
 
     def add_intent(self, o: NewOrder) -> Order:
         """Commit a new order as INTENT (durably) before anything is sent; duplicate id -> StateError."""

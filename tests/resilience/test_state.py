@@ -238,3 +238,19 @@ def test_closed_store_refuses_calls(store):
     store.close()
     with pytest.raises(StateError, match="closed"):
         store.orders()
+
+
+def test_raise_sequence_moves_above_the_highest_seen_and_never_lowers(store):
+    _, first = store.next_client_order_id("tg1")
+    far = first + 10**9  # an id the exchange has that this database never handed out
+    store.raise_sequence("orders", far)
+    cid, seq = store.next_client_order_id("tg1")
+    assert seq == far + 1 and cid == f"tg-tg1-{far + 1}"
+    store.raise_sequence("orders", first)  # lower: no effect
+    assert store.next_client_order_id("tg1")[1] == far + 2
+    store.raise_sequence("emergency", far * 2)  # not used yet: starts above it
+    assert store.next_client_order_id("tg1", emergency=True) == (f"tg-tg1-x{far * 2 + 1}", far * 2 + 1)
+    for name, seen in (("trades", 5), ("orders", -1), ("orders", "9"), ("orders", True)):
+        with pytest.raises(StateError):
+            store.raise_sequence(name, seen)
+    assert store.next_client_order_id("tg1")[1] == far + 3
