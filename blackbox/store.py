@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_S = 3.0
+CACHE_KIB = 256  # page cache of the writer connection
 AGE_PRUNE_EVERY_S = 60.0
 PRUNE_SLACK = 0.01  # prune to 99% of max_events so deletions come in batches, not per write
 _SCHEMA = """
@@ -97,6 +98,9 @@ class EventStore:
                                check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            # appends and trims at the ends of the table need few pages; SQLite's default (2 MB)
+            # would sit in the recording process (the bot) as the file grows
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             conn.execute("BEGIN IMMEDIATE")
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(stmt)

@@ -221,3 +221,11 @@ def test_recent_returns_the_last_events_oldest_first(start_recorder):
     got = recorder.recent(3)
     assert [e["fields"]["i"] for e in got] == [147, 148, 149]
     assert len(recorder.recent(1000)) == 100
+
+
+def test_the_writer_keeps_a_small_page_cache_in_the_recording_process(start_recorder):
+    rec = start_recorder()
+    recorder.record("tick", "bot", "loop", critical=True)  # written: the connection is open
+    conn = rec.store._conn
+    assert conn is not None
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -store.CACHE_KIB
