@@ -10,7 +10,9 @@
 * failpoints: the cost of ``Failpoints.hit`` with nothing armed (one dict lookup);
 * RSS: a bot process trading on the paper exchange (demo strategy, 0.2 s loop), sampled every
   second: steady RSS (median after a 10 s warm-up, target <= 150 MB) and growth (median of the
-  last 10 samples minus the first 10 after warm-up).
+  last 10 samples minus the first 10 after warm-up), over the whole run and over its second
+  half (a leak keeps growing; lazily touched code and bounded caches level off), split into
+  anonymous memory (heap) and file-backed pages (shared libraries, SQLite's -shm mapping).
 Everything runs on 127.0.0.1 with a paper exchange in a temporary directory.
 """
 from __future__ import annotations
@@ -24,8 +26,6 @@ import threading
 import time
 import timeit
 from pathlib import Path
-
-import psutil
 
 from paper_exchange.control import PaperExchange
 from tests.helpers.proc import free_port, spawn, stop, tradeguard_cmd
@@ -114,8 +114,18 @@ def failpoint_cost() -> float:
     return min(timeit.repeat(lambda: fps.hit("orders.after_intent"), number=n, repeat=5)) / n * 1e9
 
 
-def rss_run(px: PaperExchange, root: Path, seconds: float) -> list[float]:
-    """RSS (MB) of a trading bot process, one sample per second."""
+def _rss_split(pid: int) -> tuple[float, float, float]:
+    """(RSS, anonymous, file + shmem) of ``pid`` in MB, from /proc/PID/status."""
+    kb = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            kb[key] = int(rest.split()[0])
+    return kb["VmRSS"] / 1024, kb["RssAnon"] / 1024, (kb["RssFile"] + kb["RssShmem"]) / 1024
+
+
+def rss_run(px: PaperExchange, root: Path, seconds: float) -> list[tuple[float, float, float]]:
+    """(RSS, anonymous, file-backed) MB of a trading bot process, one sample per second."""
     data, logs = root / "rss" / "data", root / "rss" / "logs"
     data.mkdir(parents=True, mode=0o700)
     proc = spawn(_bot_argv(px, data, logs), env={**px.env, **FAST, "TRADEGUARD_BOT_BOT_ID": "rss"},
@@ -123,10 +133,9 @@ def rss_run(px: PaperExchange, root: Path, seconds: float) -> list[float]:
     samples = []
     try:
         _wait_heartbeat(data / "bot.heartbeat", proc.pid, ("running",))
-        p = psutil.Process(proc.pid)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            samples.append(p.memory_info().rss / 1048576)
+            samples.append(_rss_split(proc.pid))
             time.sleep(1.0)
     finally:
         stop(proc)
@@ -160,15 +169,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tick overhead (no exchange):   median {statistics.median(own):.3f} ms, "
                   f"p90 {_pct(own, 0.9):.3f} ms")
             print(f"failpoint hit, none armed:     {failpoint_cost():.1f} ns")
-            rss = rss_run(px, root, args.rss_seconds)
-            steady = rss[10:] or rss
-            head, tail = steady[:10], steady[-10:]
-            print(f"steady RSS:                    median {statistics.median(steady):.1f} MB "
+            samples = rss_run(px, root, args.rss_seconds)
+            rss = [s[0] for s in samples]
+            steady = samples[10:] or samples
+            print(f"steady RSS:                    median {statistics.median(rss[10:] or rss):.1f} MB "
                   f"(max {max(rss):.1f} MB, {len(rss)} s run)")
-            print(f"RSS growth over the run:       {statistics.median(tail) - statistics.median(head):+.1f} MB")
+            for label, part in (("whole run", steady), ("second half", steady[len(steady) // 2:])):
+                print(f"RSS growth, {label + ':':<19}{_growth(part)}")
         finally:
             px.stop()
     return 0
+
+
+def _growth(samples: list[tuple[float, float, float]]) -> str:
+    """Median of the last 10 samples minus the first 10: total, anonymous, file-backed."""
+    head, tail = samples[:10], samples[-10:]
+    d = [statistics.median(x[i] for x in tail) - statistics.median(x[i] for x in head)
+         for i in range(3)]
+    return f"{d[0]:+.1f} MB (anonymous {d[1]:+.1f} MB, file-backed {d[2]:+.1f} MB)"
 
 
 if __name__ == "__main__":
