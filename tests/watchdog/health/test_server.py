@@ -66,11 +66,22 @@ def test_port_in_use_raises_oserror_for_the_watchdog_to_handle(serve, health_cfg
         start_health_server(cfg, lambda: build_snapshot(cfg))
 
 
-def test_non_loopback_bind_warns_that_tls_must_come_from_a_proxy(serve, health_cfg, caplog):
+def test_non_loopback_bind_warns_that_tls_must_come_from_a_proxy(serve, health_cfg, caplog,
+                                                                 monkeypatch):
+    import watchdog.health.server as server_mod
+
+    asked: list[str] = []
+    real_create = server_mod.create_server
+
+    def loopback_only(app, *, host, **kw):  # tests never listen beyond 127.0.0.1
+        asked.append(host)
+        return real_create(app, host="127.0.0.1", **kw)
+
+    monkeypatch.setattr(server_mod, "create_server", loopback_only)
     caplog.set_level(logging.WARNING)
     s = serve(health_cfg(host="0.0.0.0"))
+    assert asked == ["0.0.0.0"]
     assert any("TLS" in r.getMessage() and "reverse proxy" in r.getMessage() for r in caplog.records)
-    # reached over loopback only
     r = requests.get(f"http://127.0.0.1:{s.server.port}/health", timeout=5)
     assert r.status_code == 401
 
