@@ -22,10 +22,6 @@ class ErrorClass(str, enum.Enum):
     DUPLICATE = "duplicate"
 
 
-RETRYABLE_TYPES: tuple[type[BaseException], ...] = (
-    ccxt.RequestTimeout, ccxt.ExchangeNotAvailable, ccxt.DDoSProtection,
-    ccxt.RateLimitExceeded, ccxt.InvalidNonce, ccxt.NetworkError,
-)
 RATE_LIMIT_TYPES: tuple[type[BaseException], ...] = (ccxt.RateLimitExceeded, ccxt.DDoSProtection)
 
 

@@ -107,10 +107,6 @@ class BotChecker:
         """The current bot's ``seq`` advanced since the watchdog first saw it."""
         return self._seq is not None and self._first_seq is not None and self._seq > self._first_seq
 
-    def heartbeat(self) -> Heartbeat | None:
-        """The last heartbeat read (cached)."""
-        return self._heartbeat.value
-
     def check(self, now: float | None = None) -> Verdict:
         """Judge the bot once."""
         now = time.time() if now is None else now

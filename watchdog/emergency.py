@@ -78,10 +78,6 @@ class FlattenResult:
     def failed(cls, error: str, reason: str = "") -> "FlattenResult":
         return cls("failed", reason, errors=[error])
 
-    @property
-    def ok(self) -> bool:
-        return self.state == "done"
-
     def summary(self) -> str:
         parts = [f"sold {_fmt(self.sold) or 'nothing'} in {len(self.orders)} order(s)",
                  f"cancelled {len(self.canceled)} bot order(s)"]

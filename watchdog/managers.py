@@ -96,9 +96,6 @@ class BotManager(ABC):
     def poll(self) -> None:
         """Reap exited children; called every check."""
 
-    def describe(self) -> dict[str, Any]:
-        return {"manager": self.name}
-
 
 class StandaloneManager(BotManager):
     """The watchdog starts the bot itself, in its own session so that it outlives the watchdog.
@@ -273,9 +270,6 @@ class SupervisorManager(BotManager):
     def stop(self) -> str:
         return self._stop(None)
 
-    def describe(self) -> dict[str, Any]:
-        return {"manager": self.name, "program": self.program}
-
 
 class SystemdManager(BotManager):
     """systemd (``tradeguard-bot.service`` with ``Restart=on-failure``).
@@ -339,9 +333,6 @@ class SystemdManager(BotManager):
             return int(r.stdout.strip()) or None
         except ValueError:
             return None
-
-    def describe(self) -> dict[str, Any]:
-        return {"manager": self.name, "unit": self.unit}
 
 
 def _supervisor_reachable(cfg: Config) -> bool:
