@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator
 from resilience import schema
 from resilience.crypto import FieldCipher
 from resilience.state.canary import CANARY, _canary_blob
-from resilience.state.connection import (SYNCHRONOUS, _Connection, _begin_immediate, _connect,
-                                         _one, _rows_after)
+from resilience.state.connection import (BUSY_TIMEOUT_MS, SYNCHRONOUS, _Connection,
+                                         _begin_immediate, _connect, _one, _rows_after)
 from resilience.state.files import _quarantine, _side_files
 from resilience.state.positions import _DUST, apply_fill
 from resilience.state.probe import _probe, _usable_version
@@ -163,7 +163,7 @@ class StateStore(_Reads):
             self._writes += 1
             if (self._writes >= self._checkpoint_every
                     or time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s):
-                self.checkpoint()
+                self.checkpoint(wait=False)  # on the order path: never wait for readers
 
     def _audit(self, c: sqlite3.Connection, cid: str | None, frm: str | None, to: str,
                note: str, now: float) -> None:
@@ -389,10 +389,20 @@ class StateStore(_Reads):
                       (key, blob, time.time()))
 
     # --- maintenance --------------------------------------------------------------------
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it (bounded WAL); best effort with readers."""
+    def checkpoint(self, *, wait: bool = True) -> None:
+        """Copy the WAL into the database and truncate it (bounded WAL); best effort with readers.
+
+        ``wait=False`` copies what it can and returns at once when a reader holds an older
+        snapshot (the WAL is truncated at a later checkpoint) instead of waiting up to the busy
+        timeout for it."""
         with self._read() as c:
-            busy, log_frames, done = _one(c, "PRAGMA wal_checkpoint(TRUNCATE)")
+            if not wait:
+                _one(c, "PRAGMA busy_timeout = 0")
+            try:
+                busy, log_frames, done = _one(c, "PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                if not wait:
+                    _one(c, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._last_checkpoint = time.monotonic()
             self._writes = 0
             if busy:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import random
 import signal
 import sqlite3
+import time
 from contextlib import closing
 
-from resilience.state import StateStore, open_readonly
+from resilience.state import BUSY_TIMEOUT_MS, StateStore, open_readonly
 from tests.helpers.proc import wait_until
 from tests.resilience._state_support import cipher_for, key_bytes, running_writer, spawn_writer
 
@@ -101,3 +102,23 @@ def test_backup_taken_while_writing_is_consistent(data_dir, tmp_path):
         # ...and every order in it is whole (its intent audit row is in the same snapshot)
         assert report["counts"]["transitions"] >= len(orders)
         assert all(b.transitions(cid)[0].to_state == "INTENT" for cid in ids)
+
+
+def test_automatic_checkpoint_does_not_wait_for_a_reader_on_an_old_snapshot(data_dir):
+    store = StateStore(data_dir / "state.db", cipher_for(1), checkpoint_every=1)
+    try:
+        store.kv_set("k", 0)
+        with closing(sqlite3.connect(f"file:{data_dir / 'state.db'}?mode=ro", uri=True)) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM orders").fetchone()  # holds this snapshot
+            store.kv_set("k", 1)  # commits first, then checkpoints: a TRUNCATE would wait 5 s
+            t0 = time.monotonic()
+            store.kv_set("k", 2)
+            took = time.monotonic() - t0
+            reader.execute("COMMIT")
+        assert took < BUSY_TIMEOUT_MS / 1000 / 2, f"a write waited {took:.2f}s for a reader"
+        assert store.kv_get("k") == 2
+        store.checkpoint()  # explicit: waits, and with no reader left truncates the WAL
+        assert (data_dir / "state.db-wal").stat().st_size == 0
+    finally:
+        store.close()
