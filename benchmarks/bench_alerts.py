@@ -10,13 +10,13 @@ Prints medians (and p99 where it matters) of:
 from __future__ import annotations
 
 import logging
-import socket
 import statistics
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.helpers.proc import free_port
 from tradeguard.config import AlertsConfig
 from watchdog.alerts import Alerter
 
@@ -44,12 +44,6 @@ def _receiver() -> tuple[ThreadingHTTPServer, threading.Event]:
     return server, got
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _time_sends(alerter: Alerter, n: int) -> list[float]:
     took = []
     for i in range(n):
@@ -75,7 +69,8 @@ def main() -> None:
         _report("send, webhook up (enqueue)", _time_sends(working, SENDS))
         working.stop(0.0)  # the deliveries are not what is measured here
 
-        down = Alerter(AlertsConfig(webhook_url=f"http://127.0.0.1:{_closed_port()}/hook",
+        # a free port: nothing listens there
+        down = Alerter(AlertsConfig(webhook_url=f"http://127.0.0.1:{free_port()}/hook",
                                     queue_size=100), host="bench", backoff_s=5.0)
         _report("send, webhook down, queue full (drop oldest)", _time_sends(down, SENDS))
         print(f"{'':<44} dropped {down.dropped} of {SENDS}")

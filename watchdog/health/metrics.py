@@ -13,14 +13,13 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
+from resilience.state import ORDER_STATES
 from tradeguard.heartbeat import STATES
-from watchdog.health.statedb import LIVE_STATES
 from watchdog.statefile import VERDICTS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BREAKER_STATES = ("closed", "open", "half-open")
 DEGRADATION_LEVELS = {"running": 0, "degraded": 1, "safe": 2, "flatten": 3}
-ORDER_STATES = LIVE_STATES + ("FILLED", "CANCELED", "REJECTED")
 
 
 def _g(name: str, doc: str, value: float | None, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:

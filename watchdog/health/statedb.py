@@ -9,10 +9,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from resilience.state import open_readonly
+from resilience.state import ORDER_STATES, TERMINAL, open_readonly
 from tradeguard.exceptions import TradeguardError
 
-LIVE_STATES = ("INTENT", "SUBMITTING", "OPEN", "UNKNOWN")
+LIVE_STATES = tuple(s for s in ORDER_STATES if s not in TERMINAL)
 MAX_LISTED_ORDERS = 200
 
 
