@@ -334,7 +334,7 @@ class Bot:
 
     # --- shutdown ------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop new orders, cancel entries if configured, persist, record."""
+        """Stop new orders, cancel entries if configured, record fills still due, persist, record."""
         log.info("stopping")
         self.write_heartbeat(advance=False, state="stopping")
         self.notifier.stopping()
@@ -344,6 +344,8 @@ class Bot:
                            "bot stopping (cancel_entries_on_stop)", budget)
             if n:
                 log.info("canceled %d entry orders on stop", n)
+        if self.recovered:  # an order acknowledged as the signal came (or just canceled) leaves fills
+            self._step("fills on stop", self.orders.sync_fills, budget)
         self.save_strategy()
         try:
             self.rt.store.checkpoint()

@@ -4,9 +4,9 @@ Startup order: strategy and failpoints are validated (a mistake exits 2 before a
 then ``bot.pid`` and a ``starting`` heartbeat, the black box, failpoint ``startup``, the field key
 and the state store, the exchange client and the resilience manager, then the loop (recovery
 first). SIGTERM/SIGINT stop the loop at once (the tick's remaining exchange calls are skipped),
-then the bot cancels entry orders if configured, persists, records, crash-dumps "sigterm" and
-exits 0; a second signal exits immediately (every state write is a transaction, so the state
-stays consistent).
+then the bot cancels entry orders if configured, records the fills of orders answered after the
+signal, persists, records, crash-dumps "sigterm" and exits 0; a second signal exits immediately
+(every state write is a transaction, so the state stays consistent).
 """
 from __future__ import annotations
 

@@ -64,6 +64,23 @@ def test_sigterm_cancels_entries_persists_notifies_and_exits_0(bot_factory, tmp_
     assert [d["role"] for d in dumps if d["reason"] == "sigterm"] == ["bot"]
 
 
+
+def test_sigterm_while_an_order_is_in_flight_records_its_fill_before_exiting(bot_factory):
+    bot = bot_factory(strategy_params={"interval_s": 0.2, "limit_probability": 0.0},
+                      env={"TRADEGUARD_EXCHANGE_TIMEOUT_MS": "5000"})  # the delay is an answer, not a timeout
+    bot.wait_state("running")
+    fid = bot.paper.add_fault(method="POST", path="/api/v3/order", action="delay", seconds=2.0)
+    # the fault is used up when a request takes it; that request is then held for 2 s
+    wait_until(lambda: all(f["id"] != fid for f in bot.paper.faults()), 20, interval=0.05,
+               message="an order request held by the delay")
+    bot.kill(signal.SIGTERM, wait=False)
+    assert bot.wait_exit(10) == 0
+    held = _ledger_orders(bot)[-1]
+    assert held["status"] == "FILLED"  # a market order, answered after the signal
+    assert {o["client_order_id"]: o["state"] for o in bot.state_reader().orders()}[held["clientOrderId"]] == "FILLED"
+    assert consistency_problems(bot.state_reader(), bot.paper) == []
+
+
 @pytest.mark.parametrize("env, words", [
     ({"TRADEGUARD_BOT_STRATEGY": "/nowhere/mine.py:Mine"}, "does not exist"),
     ({"TRADEGUARD_FAILPOINTS": "orders.after_intent=explode"}, "unknown action"),
