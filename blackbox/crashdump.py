@@ -31,6 +31,7 @@ from typing import IO, Any, Callable
 from blackbox import recorder
 from blackbox.dumps import dump_name, prune
 from blackbox.redact import redact, redact_text
+from tradeguard.fsutil import write_atomic
 from tradeguard.paths import RuntimePaths
 
 log = logging.getLogger(__name__)
@@ -193,17 +194,13 @@ def _write(crash_dir: Path, data: dict[str, Any]) -> Path:
     text = json.dumps(redact(data), indent=1, default=str, ensure_ascii=False)
     base = dump_name(data["ts"], data["role"], data["pid"], "json")
     path, n = crash_dir / base, 1
-    while path.exists():
-        n += 1
-        path = crash_dir / base.replace(".json", f"-{n}.json")
-    tmp = crash_dir / f".{path.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    while True:
+        try:
+            write_atomic(path, text, overwrite=False)  # two dumps in one ms keep both
+            return path
+        except FileExistsError:
+            n += 1
+            path = crash_dir / base.replace(".json", f"-{n}.json")
 
 
 # --- hooks --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import IO, Any, Iterable
 from blackbox.events import format_ts
 from blackbox.reader import EventFilter, iter_events, open_readonly
 from tradeguard.exceptions import ExportError
+from tradeguard.fsutil import staged
 
 FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ("id", "time", "ts", "role", "pid", "seq", "severity", "kind", "source",
@@ -29,22 +30,13 @@ def export_events(db: Path, flt: EventFilter, fmt: str, target: str | os.PathLik
     path = Path(target)
     if path.exists() and not force:
         raise ExportError(f"{path} already exists; use --force to overwrite it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        with staged(path, overwrite=force) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
             n = _write(events, fmt, fh)
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if the file appeared meanwhile: never clobber it
-            os.unlink(tmp)
-    except FileExistsError:
+    except FileExistsError:  # it appeared meanwhile: never clobbered
         raise ExportError(f"{path} already exists; use --force to overwrite it") from None
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return n
 
 

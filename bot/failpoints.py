@@ -28,6 +28,7 @@ from typing import Mapping
 
 from blackbox import recorder
 from tradeguard.exceptions import ConfigError, FailpointTriggered
+from tradeguard.fsutil import SHARED, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def parse(spec: str, source: str = "env") -> list[Failpoint]:
 
 
 def _remove_entry(path: Path, entry: str) -> None:
-    """Drop one entry from the failpoints file, durably (temp file, fsync, replace, fsync dir)."""
+    """Drop one entry from the failpoints file, durably: a restarted bot must not repeat it."""
     try:
         lines = re.split(r"[;\n]", path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -93,17 +94,7 @@ def _remove_entry(path: Path, entry: str) -> None:
             continue
         if line.strip():
             kept.append(line.strip())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(k + "\n" for k in kept))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, "".join(k + "\n" for k in kept), mode=SHARED)
 
 
 class Failpoints:

@@ -43,8 +43,9 @@ from typing import Callable, Mapping
 
 from blackbox.redact import register_secret
 from resilience.crypto import KEY_BYTES, FieldCipher, key_id
-from resilience.state import StateStore, fsync_dir, open_readonly, stored_key_id
+from resilience.state import StateStore, open_readonly, stored_key_id
 from tradeguard.exceptions import KeyFileError, StateCorruptError
+from tradeguard.fsutil import fsync_dir
 from tradeguard.heartbeat import process_for, read_pidfile
 from tradeguard.paths import RuntimePaths
 from tradeguard.secrets import load_secret, read_private, write_private

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from blackbox import recorder
+from tradeguard.fsutil import fsync_dir
 from tradeguard.heartbeat import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,6 @@ class KillSwitch:
         self.kill_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.kill_file, {"mode": state.mode, "reason": state.reason,
                                            "at": state.at, "by": state.by}, fsync=True)
-        _fsync_dir(self.kill_file.parent)
         self._file_key = None
         log.warning("kill switch engaged (%s) by %s: %s", mode, by, state.reason)
         recorder.record("kill.engaged", by, f"kill switch engaged ({mode}) by {by}: {state.reason}",
@@ -180,8 +180,9 @@ class KillSwitch:
             os.unlink(self._path)
         except FileNotFoundError:
             previous = None
+        else:
+            fsync_dir(self.kill_file.parent)
         self._file_key = self._file_state = None
-        _fsync_dir(self.kill_file.parent)
         if previous is not None:
             log.warning("kill switch file released (was %s: %s)", previous.mode, previous.reason)
             recorder.record("kill.released", by, f"kill switch released by {by} (was "
@@ -189,16 +190,3 @@ class KillSwitch:
                             critical=True, mode=previous.mode, reason=previous.reason, by=by)
         return previous
 
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable (best effort where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

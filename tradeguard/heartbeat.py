@@ -20,6 +20,8 @@ from typing import Any
 
 import psutil
 
+from tradeguard.fsutil import SHARED, write_atomic
+
 STATES = ("starting", "running", "degraded", "safe", "stopping")
 
 
@@ -42,15 +44,8 @@ class PidInfo:
 
 
 def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
-    """Write JSON to a temp file beside ``path`` and ``os.replace`` it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(obj, separators=(",", ":"), default=str)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Replace ``path`` with ``obj`` as JSON in one step; ``fsync``: durably (file and directory)."""
+    write_atomic(path, json.dumps(obj, separators=(",", ":"), default=str), mode=SHARED, durable=fsync)
 
 
 def write_heartbeat(path: Path, hb: Heartbeat) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 from tradeguard.exceptions import KeyFileError
+from tradeguard.fsutil import PRIVATE, write_atomic
 
 
 def check_private(path: Path) -> None:
@@ -54,22 +55,7 @@ def write_private(path: Path, content: str, *, overwrite: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists() and not overwrite:
         raise KeyFileError(f"{path} already exists; refusing to overwrite it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if another process created it meanwhile
-            os.unlink(tmp)
-    except FileExistsError:
-        os.unlink(tmp)
+        write_atomic(path, content, overwrite=overwrite, mode=PRIVATE)
+    except FileExistsError:  # another process created it meanwhile
         raise KeyFileError(f"{path} already exists; refusing to overwrite it") from None
-    except BaseException:
-        if tmp.exists():
-            os.unlink(tmp)
-        raise

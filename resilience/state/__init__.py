@@ -69,7 +69,6 @@ from __future__ import annotations
 
 from resilience.state.canary import CANARY, stored_key_id
 from resilience.state.connection import BUSY_TIMEOUT_MS, SYNCHRONOUS
-from resilience.state.files import fsync_dir
 from resilience.state.positions import apply_fill
 from resilience.state.reads import StateReader, open_readonly
 from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, TERMINAL,
@@ -81,5 +80,5 @@ __all__ = [
     "SYNCHRONOUS", "TERMINAL",
     "EventCallback", "Fill", "NewOrder", "Order", "Position", "Progress", "Transition",
     "StateReader", "StateStore",
-    "apply_fill", "fsync_dir", "open_readonly", "stored_key_id",
+    "apply_fill", "open_readonly", "stored_key_id",
 ]

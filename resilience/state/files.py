@@ -7,15 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tradeguard.exceptions import BackupError
-
-
-def fsync_dir(d: Path) -> None:
-    """Make a rename/link/unlink in directory ``d`` durable."""
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from tradeguard.fsutil import fsync_dir, staged
 
 
 def _side_files(path: Path) -> list[Path]:
@@ -46,25 +38,14 @@ def _backup(conn: sqlite3.Connection, dest: Path) -> None:
         raise BackupError(f"{dest} already exists; refusing to overwrite it")
     if not dest.parent.is_dir():
         raise BackupError(f"{dest.parent} is not a directory")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        target = sqlite3.connect(str(tmp))
-        try:
-            conn.backup(target)  # one step: a consistent snapshot while writers go on
-        finally:
-            target.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(tmp, dest)
-        fsync_dir(dest.parent)
+        with staged(dest, overwrite=False) as tmp:
+            target = sqlite3.connect(str(tmp))
+            try:
+                conn.backup(target)  # one step: a consistent snapshot while writers go on
+            finally:
+                target.close()
     except FileExistsError:
         raise BackupError(f"{dest} already exists; refusing to overwrite it") from None
     except OSError as e:
         raise BackupError(f"cannot write backup {dest}: {e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -126,3 +126,14 @@ def test_retention_keeps_the_newest_dumps_and_drops_empty_fault_files_of_dead_pr
     assert dump_name(t0 + 4, "bot", 1004, "json") not in names
     assert "notes.txt" in names and dump_name(t0, "bot", os.getpid(), "fault") in names
     assert all(d.kind == "json" for d in list_dumps(tmp_path))  # empty fault files are not dumps
+
+
+def test_two_dumps_in_the_same_millisecond_are_both_kept_private(tmp_path):
+    from blackbox.crashdump import _write
+
+    data = {"ts": 1795440000.123, "role": "bot", "pid": 4242, "reason": "sigusr1"}
+    first, second = _write(tmp_path, dict(data)), _write(tmp_path, {**data, "reason": "sigterm"})
+    assert first != second and first.name == dump_name(data["ts"], "bot", 4242, "json")
+    assert [json.loads(p.read_text())["reason"] for p in (first, second)] == ["sigusr1", "sigterm"]
+    assert {oct(p.stat().st_mode & 0o777) for p in (first, second)} == {"0o600"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])
