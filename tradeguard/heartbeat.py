@@ -23,6 +23,7 @@ import psutil
 from tradeguard.fsutil import SHARED, write_atomic
 
 STATES = ("starting", "running", "degraded", "safe", "stopping")
+PID_TOLERANCE_S = 0.05  # a process start time read back from /proc differs by rounding only
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def process_for(info: PidInfo) -> psutil.Process | None:
     """The live, non-zombie process the pid file names, or None (gone, zombie, or PID reused)."""
     try:
         p = psutil.Process(info.pid)
-        if abs(p.create_time() - info.create_time) > 0.05:
+        if abs(p.create_time() - info.create_time) > PID_TOLERANCE_S:
             return None  # the PID now belongs to another program
         if p.status() == psutil.STATUS_ZOMBIE:
             return None

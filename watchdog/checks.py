@@ -26,11 +26,11 @@ from typing import Any, Callable, Generic, TypeVar
 import psutil
 
 from tradeguard.config import WatchdogConfig
-from tradeguard.heartbeat import Heartbeat, PidInfo, process_for, read_heartbeat, read_pidfile
+from tradeguard.heartbeat import (PID_TOLERANCE_S, Heartbeat, PidInfo, process_for, read_heartbeat,
+                                  read_pidfile)
 from tradeguard.paths import RuntimePaths
 
 FAULTS = ("crashed", "hung", "stalled", "leaking")
-PID_TOLERANCE_S = 0.05  # the same tolerance as tradeguard.heartbeat.process_for
 
 T = TypeVar("T")
 

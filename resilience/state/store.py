@@ -24,7 +24,7 @@ from resilience.state.probe import _probe, _usable_version
 from resilience.state.reads import _Reads
 from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, Fill,
                                       NewOrder, Order)
-from resilience.state.validation import _BOT_ID_RE, _CID_RE, _TRANSITION_FIELDS, _finite
+from resilience.state.validation import _BOT_ID_RE, _CID_RE, _TRANSITION_FIELDS, _finite, _symbol
 from tradeguard.exceptions import StateError
 
 log = logging.getLogger("resilience.state")  # the package's name: JSON logs and filters use it
@@ -234,8 +234,7 @@ class StateStore(_Reads):
         if not isinstance(o.client_order_id, str) or not _CID_RE.fullmatch(o.client_order_id):
             raise StateError(f"client_order_id {o.client_order_id!r}: must match "
                              f"{_CID_RE.pattern}")
-        if not isinstance(o.symbol, str) or "/" not in o.symbol or o.symbol != o.symbol.strip():
-            raise StateError(f"symbol {o.symbol!r}: must look like 'BTC/USDT'")
+        _symbol(o.symbol)
         for name, value, allowed in (("side", o.side, SIDES), ("purpose", o.purpose, PURPOSES),
                                      ("origin", o.origin, ORIGINS)):
             if value not in allowed:
@@ -295,8 +294,7 @@ class StateStore(_Reads):
         """Record a fill and update its position in one transaction; False if already known."""
         if f.side not in SIDES:
             raise StateError(f"fill {f.fill_id}: side {f.side!r} must be buy or sell")
-        if not isinstance(f.symbol, str) or "/" not in f.symbol:
-            raise StateError(f"fill {f.fill_id}: symbol {f.symbol!r} must look like 'BTC/USDT'")
+        _symbol(f.symbol, f"fill {f.fill_id}: symbol")
         qty = _finite("fill amount", f.amount, positive=True)
         price = _finite("fill price", f.price, positive=True)
         fee = _finite("fill fee", f.fee)
@@ -338,6 +336,7 @@ class StateStore(_Reads):
         when no price is given); realized pnl is unchanged."""
         if not reason:
             raise StateError("adjust_position needs a reason (it is audited)")
+        _symbol(symbol)
         try:
             new = float(amount)
         except (TypeError, ValueError):

@@ -13,6 +13,13 @@ _TRANSITION_FIELDS = ("exchange_order_id", "filled", "average", "fee", "raw", "r
                       "attempts", "price")
 
 
+def _symbol(v: Any, what: str = "symbol") -> str:
+    """A unified market symbol: ``BASE/QUOTE`` (``:SETTLE`` allowed), no blanks around it."""
+    if not isinstance(v, str) or "/" not in v or v != v.strip() or not all(v.split(":")[0].split("/")):
+        raise StateError(f"{what} {v!r}: must look like 'BTC/USDT'")
+    return v
+
+
 def _finite(name: str, v: Any, *, positive: bool = False, allow_none: bool = False) -> float | None:
     if v is None and allow_none:
         return None

@@ -178,6 +178,12 @@ def test_adjust_position_is_audited(store):
     assert "exchange balance is 1.5" in audit[0].note and '"to":1.5' in audit[0].note
     with pytest.raises(StateError, match="reason"):
         store.adjust_position("ETH/USDT", 1.0, reason="")
+    for bad in ("ETHUSDT", " ETH/USDT", "/USDT", None):  # the position table takes no odd keys
+        with pytest.raises(StateError, match="must look like 'BTC/USDT'"):
+            store.adjust_position(bad, 1.0, reason="test")
+        with pytest.raises(StateError, match="must look like 'BTC/USDT'"):
+            store.add_fill(Fill("9", None, None, bad, "buy", 1.0, 10.0))
+    assert sorted(store.positions()) == ["ETH/USDT"]
 
 
 def test_kv_round_trips_json_encrypted(store, data_dir):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.proc import REPO, run_cli
-from tradeguard.config import iter_keys, load_config
+from tradeguard.config import load_config
 from tradeguard.exceptions import ConfigError
 
 

@@ -3,11 +3,11 @@ own order lifecycle against the real paper exchange), and views of the exchange'
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from paper_exchange.control import PaperExchange
+from tests.helpers.proc import wait_until
 from tradeguard.config import Config, load_config
 
 # Quick resolution of unknown outcomes and short exchange timeouts: tests stay fast.
@@ -52,11 +52,12 @@ def bot_buys(cfg: Config, symbol: str, amount: float) -> str:
         o = book.place(OrderSpec(symbol, "buy", "market", amount, None, "entry", price),
                        book.book({symbol: price}), budget)
         assert o is not None and o.state == "FILLED", o
-        deadline = time.monotonic() + 10
-        while rt.store.positions().get(symbol) is None or \
-                rt.store.positions()[symbol].amount < amount * 0.99:
+
+        def recorded() -> bool:
             book.sync_fills(budget)
-            assert time.monotonic() < deadline, "fills not recorded"
+            held = rt.store.positions().get(symbol)
+            return held is not None and held.amount >= amount * 0.99
+        wait_until(recorded, 10, interval=0.05, message="fills recorded")
         return o.client_order_id
     finally:
         rt.store.close()

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from tradeguard.config import Config, load_config
+from tradeguard.config import load_config
 
 
 
