@@ -8,11 +8,13 @@
 * tick overhead: ticks of an in-process bot against the paper exchange, minus the time the
   resilience manager measured inside exchange calls (target <= 2 ms median);
 * failpoints: the cost of ``Failpoints.hit`` with nothing armed (one dict lookup);
-* RSS: a bot process trading on the paper exchange (demo strategy, 0.2 s loop), sampled every
-  second: steady RSS (median after a 10 s warm-up, target <= 150 MB) and growth (median of the
-  last 10 samples minus the first 10 after warm-up), over the whole run and over its second
-  half (a leak keeps growing; lazily touched code and bounded caches level off), split into
-  anonymous memory (heap) and file-backed pages (shared libraries, SQLite's -shm mapping).
+* RSS: a bot process trading on the paper exchange, sampled every second: steady RSS (median
+  after a 10 s warm-up, target <= 150 MB) and growth (median of the last 10 samples minus the
+  first 10 after warm-up), over the whole run, over its second half and over every whole
+  10 minutes (a leak keeps growing; bounded buffers fill and level off), split into anonymous
+  memory (heap) and file-backed pages (shared libraries, SQLite's -shm mapping). ``--rss-rate
+  shipped`` runs the bot as ``make run`` does (demo strategy trading every 3 s, 1 s loop; the
+  target's run), ``fast`` (default) six times as many orders (0.5 s, 0.2 s loop).
 Everything runs on 127.0.0.1 with a paper exchange in a temporary directory.
 """
 from __future__ import annotations
@@ -124,12 +126,12 @@ def _rss_split(pid: int) -> tuple[float, float, float]:
     return kb["VmRSS"] / 1024, kb["RssAnon"] / 1024, (kb["RssFile"] + kb["RssShmem"]) / 1024
 
 
-def rss_run(px: PaperExchange, root: Path, seconds: float) -> list[tuple[float, float, float]]:
+def rss_run(px: PaperExchange, root: Path, seconds: float, rate: str = "fast") -> list[tuple[float, float, float]]:
     """(RSS, anonymous, file-backed) MB of a trading bot process, one sample per second."""
     data, logs = root / "rss" / "data", root / "rss" / "logs"
     data.mkdir(parents=True, mode=0o700)
-    proc = spawn(_bot_argv(px, data, logs), env={**px.env, **FAST, "TRADEGUARD_BOT_BOT_ID": "rss"},
-                 log=root / "rss.out")
+    env = {**px.env, **(FAST if rate == "fast" else {}), "TRADEGUARD_BOT_BOT_ID": "rss"}
+    proc = spawn(_bot_argv(px, data, logs), env=env, log=root / "rss.out")
     samples = []
     try:
         _wait_heartbeat(data / "bot.heartbeat", proc.pid, ("running",))
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ticks", type=int, default=300, help="in-process ticks (default 300)")
     ap.add_argument("--rss-seconds", type=float, default=60.0,
                     help="length of the RSS run (default 60; 600 for the 10-minute run)")
+    ap.add_argument("--rss-rate", choices=("fast", "shipped"), default="fast",
+                    help="how fast the RSS run's bot trades: fast (default) or as shipped (make run)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the in-process bot's warnings are not results
     with tempfile.TemporaryDirectory(prefix="tg-bench-bot-") as tmp:
@@ -169,16 +173,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tick overhead (no exchange):   median {statistics.median(own):.3f} ms, "
                   f"p90 {_pct(own, 0.9):.3f} ms")
             print(f"failpoint hit, none armed:     {failpoint_cost():.1f} ns")
-            samples = rss_run(px, root, args.rss_seconds)
+            samples = rss_run(px, root, args.rss_seconds, args.rss_rate)
             rss = [s[0] for s in samples]
             steady = samples[10:] or samples
             print(f"steady RSS:                    median {statistics.median(rss[10:] or rss):.1f} MB "
-                  f"(max {max(rss):.1f} MB, {len(rss)} s run)")
+                  f"(max {max(rss):.1f} MB, {len(rss)} s run, {args.rss_rate} rate)")
             for label, part in (("whole run", steady), ("second half", steady[len(steady) // 2:])):
                 print(f"RSS growth, {label + ':':<19}{_growth(part)}")
+            for start in range(0, len(steady) - WINDOW_S + 1, WINDOW_S):
+                label = f"minutes {start // 60}-{(start + WINDOW_S) // 60}:"
+                print(f"RSS growth, {label:<19}{_growth(steady[start:start + WINDOW_S])}")
         finally:
             px.stop()
     return 0
+
+
+WINDOW_S = 600  # growth is also reported per whole 10 minutes of the run
 
 
 def _growth(samples: list[tuple[float, float, float]]) -> str:

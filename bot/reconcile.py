@@ -33,7 +33,11 @@ SOURCE = "bot.reconcile"
 PENDING_KEY = "reconcile.pending"
 LAST_KEY = "reconcile.last"
 PAGE = 500
-MARGIN_S = 600.0  # look this far behind the last reconciliation
+# How far behind the last reconciliation a pass looks: it covers a trade that reached the
+# exchange's history late or a clock off by this much (an exchange refuses requests whose clock
+# is off by more than seconds). Every item in the window is fetched and checked on every pass,
+# so a longer look-back costs request weight and memory at every pass, for nothing.
+MARGIN_S = 120.0
 POSITION_TOL = 1e-9
 
 
