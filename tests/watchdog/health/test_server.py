@@ -5,6 +5,7 @@ import logging
 import socket
 import stat
 import threading
+import time
 
 import pytest
 import requests
@@ -94,29 +95,35 @@ def test_loopback_bind_does_not_warn(serve, health_cfg, caplog):
 
 def test_stop_while_requests_are_in_flight(serve, health_cfg):
     s = serve(health_cfg())
+    answered = [0, 0, 0]
     errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def poll() -> None:
+    def poll(i: int) -> None:  # until the server is gone: every answer it gets must be whole
         with requests.Session() as sess:
-            while not stop.is_set():
+            while True:
                 try:
-                    sess.get(s.url + "/health", headers={"Authorization": f"Bearer {s.token}"}, timeout=5)
+                    r = sess.get(s.url + "/health", headers={"Authorization": f"Bearer {s.token}"}, timeout=5)
+                    assert r.status_code in (200, 503) and "status" in r.json(), r.text
+                    answered[i] += 1
                 except requests.ConnectionError:
                     return
                 except BaseException as e:  # noqa: BLE001
                     errors.append(e)
                     return
 
-    pollers = [threading.Thread(target=poll) for _ in range(3)]
+    pollers = [threading.Thread(target=poll, args=(i,)) for i in range(3)]
     for t in pollers:
         t.start()
-    wait_until(lambda: s.authed("/health").status_code in (200, 503), 5)
+    wait_until(lambda: min(answered) >= 3, 10, message="three clients polling")
+    t0 = time.monotonic()
     s.server.stop(timeout=5)
-    stop.set()
+    assert time.monotonic() - t0 < 5
     for t in pollers:
         t.join(10)
-    assert not errors
+    assert not any(t.is_alive() for t in pollers), "a client still gets answers after stop"
+    assert errors == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get(s.url + "/health", timeout=2)
     assert wait_until(lambda: _port_free(s.server.port), 5)
 
 
