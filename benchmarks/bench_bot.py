@@ -33,6 +33,7 @@ from paper_exchange.control import PaperExchange
 from tests.helpers.proc import free_port, spawn, stop, tradeguard_cmd
 from tradeguard.heartbeat import read_heartbeat
 
+WINDOW_S = 600  # growth is also reported per whole 10 minutes of the run
 FAST = {"TRADEGUARD_BOT_LOOP_INTERVAL_S": "0.2", "TRADEGUARD_EXCHANGE_TIMEOUT_MS": "2000",
         "TRADEGUARD_BOT_STRATEGY_PARAMS": '{"interval_s": 0.5, "limit_probability": 0.3, "limit_ttl_s": 2}'}
 
@@ -186,9 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             px.stop()
     return 0
-
-
-WINDOW_S = 600  # growth is also reported per whole 10 minutes of the run
 
 
 def _growth(samples: list[tuple[float, float, float]]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import sqlite3
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 5000
@@ -82,6 +83,17 @@ def _connect(path: Path, *, readonly: bool, synchronous: str = "FULL") -> _Conne
     return conn
 
 
+@contextmanager
+def _no_busy_wait(c: sqlite3.Connection) -> Iterator[None]:
+    """Within the block a locked database answers SQLITE_BUSY at once (busy_timeout 0) instead
+    of through SQLite's sleeping busy handler."""
+    _one(c, "PRAGMA busy_timeout = 0")
+    try:
+        yield
+    finally:
+        _one(c, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
 def _begin_immediate(c: sqlite3.Connection) -> None:
     """BEGIN IMMEDIATE, retrying every 0.2-2 ms for up to the busy timeout.
 
@@ -90,8 +102,7 @@ def _begin_immediate(c: sqlite3.Connection) -> None:
     the gaps between the other writer's transactions."""
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     delay = 0.0002
-    _one(c, "PRAGMA busy_timeout = 0")
-    try:
+    with _no_busy_wait(c):
         while True:
             try:
                 _one(c, "BEGIN IMMEDIATE")
@@ -101,8 +112,6 @@ def _begin_immediate(c: sqlite3.Connection) -> None:
                     raise  # not SQLITE_BUSY, or busy for the whole timeout
             time.sleep(delay)
             delay = min(delay * 2, 0.002)
-    finally:
-        _one(c, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _is_corruption(e: sqlite3.DatabaseError) -> bool:

@@ -9,15 +9,15 @@ import os
 import re
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from resilience import schema
 from resilience.crypto import FieldCipher
 from resilience.state.canary import CANARY, _canary_blob
-from resilience.state.connection import (BUSY_TIMEOUT_MS, SYNCHRONOUS, _Connection,
-                                         _begin_immediate, _connect, _one, _rows_after)
+from resilience.state.connection import (SYNCHRONOUS, _Connection, _begin_immediate, _connect,
+                                         _no_busy_wait, _one, _rows_after)
 from resilience.state.files import _quarantine, _side_files
 from resilience.state.positions import _DUST, apply_fill
 from resilience.state.probe import _probe, _usable_version
@@ -394,14 +394,8 @@ class StateStore(_Reads):
         ``wait=False`` copies what it can and returns at once when a reader holds an older
         snapshot (the WAL is truncated at a later checkpoint) instead of waiting up to the busy
         timeout for it."""
-        with self._read() as c:
-            if not wait:
-                _one(c, "PRAGMA busy_timeout = 0")
-            try:
-                busy, log_frames, done = _one(c, "PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                if not wait:
-                    _one(c, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        with self._read() as c, (nullcontext() if wait else _no_busy_wait(c)):
+            busy, log_frames, done = _one(c, "PRAGMA wal_checkpoint(TRUNCATE)")
             self._last_checkpoint = time.monotonic()
             self._writes = 0
             if busy:
