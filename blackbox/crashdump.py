@@ -131,7 +131,7 @@ def _collect(st: _Installed, reason: str, exc: BaseException | None,
         "memory": lambda: _memory(st),
         "config": lambda: st.config,
         "recorder": lambda: (recorder.get().stats() if recorder.get() else None),
-        "events": recorder.recent,  # the whole ring: [blackbox] ring_size
+        "events": recorder.recent,  # the whole ring ([blackbox] ring_kb) and what is unwritten
     }
     for name, collect in sections.items():
         try:

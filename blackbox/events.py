@@ -65,10 +65,21 @@ def to_row(ev: Event) -> tuple:
 
 def to_dict(ev: Event) -> dict[str, Any]:
     """A redacted plain-data copy of an in-memory event (same keys as the reader's dicts)."""
-    row = to_row(ev)
-    return {"ts": row[0], "pid": row[1], "seq": row[2], "role": row[3], "kind": row[4],
-            "source": row[5], "severity": row[6], "message": row[7],
-            "fields": json.loads(row[8]), "critical": bool(row[9])}
+    return unpack_row(pack_row(to_row(ev)))
+
+
+def pack_row(row: tuple) -> bytes:
+    """A row as compact bytes for the in-memory ring (the fields' JSON is kept as it is)."""
+    head = json.dumps(row[:8] + (row[9],), ensure_ascii=False, separators=(",", ":"))
+    return f"{head[:-1]},{row[8]}]".encode("utf-8")
+
+
+def unpack_row(data: bytes) -> dict[str, Any]:
+    """The reader's dict of a ``pack_row`` record."""
+    ts, pid, seq, role, kind, source, severity, message, critical, fields = json.loads(data)
+    return {"ts": ts, "pid": pid, "seq": seq, "role": role, "kind": kind, "source": source,
+            "severity": severity, "message": message, "fields": fields,
+            "critical": bool(critical)}
 
 
 def format_ts(ts: float) -> str:

@@ -1,13 +1,15 @@
 """The flight recorder: ``record()`` from anywhere, cheap; a background thread writes to blackbox.db.
 
-``record`` appends the raw event to an in-memory ring (for crash dumps) and to a pending queue,
-under one short lock, and returns. A writer thread redacts, serializes and writes the pending
-queue every ``[blackbox] flush_interval_ms``. A critical event (``critical=True``) is written by
-the caller before ``record`` returns, together with everything pending before it, in order, with
-``synchronous=FULL``. Before ``init`` (or in a process that never calls it), events stay in the
-ring; ``init`` writes them out. If the database cannot be written, events wait in memory (at
-most MAX_PENDING; beyond that the oldest are dropped and counted) and writing resumes when it
-can. ``record`` never raises.
+``record`` appends the raw event to a pending queue, under one short lock, and returns. A writer
+thread redacts, serializes and writes the pending queue every ``[blackbox] flush_interval_ms``,
+then keeps the written events, redacted and packed, in a fixed-size ring in memory
+(``[blackbox] ring_kb``, allocated up front: the footprint does not grow as it fills). A crash
+dump carries the ring and everything not yet written. A critical event (``critical=True``) is
+written by the caller before ``record`` returns, together with everything pending before it, in
+order, with ``synchronous=FULL``. Before ``init`` (or in a process that never calls it), the
+last MEMORY_ONLY_EVENTS events stay pending; ``init`` writes them out. If the database cannot be
+written, events wait in memory (at most MAX_PENDING; beyond that the oldest are dropped and
+counted) and writing resumes when it can. ``record`` never raises.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import time
 from collections import deque
 from typing import Any
 
-from blackbox.events import SEVERITIES, Event, to_dict, to_row
+from blackbox.events import SEVERITIES, Event, pack_row, to_dict, to_row, unpack_row
+from blackbox.ring import ByteRing
 from blackbox.store import EventStore
 from tradeguard.config import BlackboxConfig
 from tradeguard.paths import RuntimePaths
@@ -27,6 +30,7 @@ from tradeguard.paths import RuntimePaths
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000
+MEMORY_ONLY_EVENTS = 1000  # kept by a recorder without a database (before init, after close)
 RETRY_MAX_S = 5.0  # longest pause between write attempts while the database is unavailable
 _SEVERITY_SET = frozenset(SEVERITIES)
 UNKNOWN_ROLE = "unknown"  # events recorded before init get the role init gives
@@ -34,24 +38,25 @@ UNKNOWN_ROLE = "unknown"  # events recorded before init get the role init gives
 
 class Recorder:
     """One process's recorder. ``store=None`` keeps events in memory only (the last
-    ``ring_size``), until a recorder with a store adopts them."""
+    MEMORY_ONLY_EVENTS), until a recorder with a store adopts them."""
 
     def __init__(self, role: str, store: EventStore | None = None, *,
-                 flush_interval_s: float = 0.1, ring_size: int = 1000,
+                 flush_interval_s: float = 0.1, ring_bytes: int = 512 * 1024,
                  max_pending: int = MAX_PENDING):
         self.role = role
         self.pid = os.getpid()
         self.store = store
         self.flush_interval_s = flush_interval_s
-        self.max_pending = max_pending if store is not None else ring_size
-        self.ring_size = ring_size
-        self._ring: deque[Event] = deque(maxlen=ring_size)
+        self.max_pending = max_pending if store is not None else MEMORY_ONLY_EVENTS
+        # written events, packed; a memory-only recorder gets one only when it adopts one
+        self._ring = ByteRing(ring_bytes) if store is not None else None
         self._pending: deque[Event] = deque()
+        self._inflight: deque[Event] = deque()  # taken from _pending by the write under way
         self._overflow = 0  # dropped from _pending, not yet counted in the database
         self._seq = 0
         self._last_ts = 0.0
         # Re-entrant: a signal handler may record while this thread is inside record or flush.
-        self._lock = threading.RLock()        # guards seq, ring, pending
+        self._lock = threading.RLock()        # guards seq, ring, pending, inflight
         self._flush_lock = threading.RLock()  # one writer at a time, batches in order
         self._flush_depth = 0                 # > 0 while the holder of _flush_lock writes
         self._in_record = False               # the holder of _lock is inside record()
@@ -98,7 +103,6 @@ class Recorder:
         self._seq += 1
         ev = Event(ts, self._seq, self.pid, self.role, kind, source, severity, message, fields,
                    critical)
-        self._ring.append(ev)
         if len(self._pending) >= self.max_pending:
             self._pending.popleft()
             self._overflow += 1
@@ -122,10 +126,12 @@ class Recorder:
                 # swap, not copy-and-clear: an event a signal handler appends meanwhile is kept
                 batch, self._pending = self._pending, deque()
                 lost, self._overflow = self._overflow, 0
+                self._inflight = batch
             if not batch and not lost:
                 return True
             try:
-                self.store.write([to_row(e) for e in batch], durable=durable, lost=lost)
+                rows = [to_row(e) for e in batch]
+                self.store.write(rows, durable=durable, lost=lost)
             except Exception as e:  # noqa: BLE001 - any failure keeps the events for later
                 self._requeue(batch, lost)
                 if not self._failing:
@@ -133,6 +139,7 @@ class Recorder:
                     log.warning("blackbox: cannot write %s (%s); keeping events in memory and "
                                 "retrying", self.store.path, e)
                 return False
+            self._keep(rows)
             self.written += len(batch)
             if self._failing:
                 self._failing = False
@@ -142,8 +149,22 @@ class Recorder:
             self._flush_depth -= 1
             self._flush_lock.release()
 
+    def _keep(self, rows: list[tuple]) -> None:
+        """Move written rows from in flight to the ring."""
+        packed = []
+        for row in rows:
+            data = pack_row(row)
+            # a row is capped (fields, message, names), a ring is at least 64 KiB: this is a guard
+            packed.append(data if len(data) <= self._ring.capacity // 4 else pack_row(
+                row[:7] + ("[event too large for the ring]", "{}", row[9])))
+        with self._lock:
+            for data in packed:
+                self._ring.append(data)
+            self._inflight = deque()
+
     def _requeue(self, batch: deque[Event], lost: int) -> None:
         with self._lock:
+            self._inflight = deque()
             self._pending.extendleft(reversed(batch))
             self._overflow += lost
             while len(self._pending) > self.max_pending:
@@ -178,34 +199,61 @@ class Recorder:
         return ok
 
     # --- reading ----------------------------------------------------------------------------
-    def recent(self, n: int) -> list[dict[str, Any]]:
-        """The last ``n`` events from the ring, oldest first, redacted."""
+    def recent(self, n: int | None = None) -> list[dict[str, Any]]:
+        """The last ``n`` (default: all) events held in memory, written or not, oldest first,
+        redacted."""
         with self._lock:
-            events = list(self._ring)[-n:] if n > 0 else []
-        return [to_dict(e) for e in events]
+            packed = self._ring.records() if self._ring is not None else []
+            raw = [*self._inflight, *self._pending]
+        if n is not None:
+            n = max(n, 0)
+            raw = raw[len(raw) - n:] if n else []
+            packed = packed[len(packed) - (n - len(raw)):] if n > len(raw) else []
+        events = [*map(unpack_row, packed), *map(to_dict, raw)]
+        # A signal handler that interrupted _keep between a ring append and the end of the
+        # batch sees an event both in the ring and in flight: list it once.
+        seen: set[tuple] = set()
+        unique = []
+        for e in events:
+            key = (e["pid"], e["seq"], e["ts"])
+            if key not in seen:
+                seen.add(key)
+                unique.append(e)
+        return unique
 
     def stats(self) -> dict[str, Any]:
         """Counters for health reporting."""
         with self._lock:
+            ring = self._ring
             return {"role": self.role, "recorded": self._seq, "written": self.written,
-                    "pending": len(self._pending), "dropped_in_memory": self._overflow,
+                    "pending": len(self._pending) + len(self._inflight),
+                    "dropped_in_memory": self._overflow,
+                    "ring_events": len(ring) if ring is not None else 0,
+                    "ring_bytes": ring.used if ring is not None else 0,
                     "failing": self._failing}
 
     # --- process life -----------------------------------------------------------------------
     def adopt(self, other: "Recorder") -> None:
         """Take over ``other``'s sequence, ring and unwritten events (``other`` is left empty)."""
         with other._lock:
-            events, unwritten = list(other._ring), list(other._pending)
+            ring = other._ring
+            written = ring.records() if ring is not None else []
+            unwritten = [*other._inflight, *other._pending]
             lost, seq, last_ts = other._overflow, other._seq, other._last_ts
-            other._ring.clear()
+            if ring is not None:
+                ring.clear()
             other._pending.clear()
             other._overflow = 0
         relabel = (lambda e: e._replace(role=self.role) if e.role == UNKNOWN_ROLE else e)
         with self._lock:
             self._seq, self._last_ts = max(self._seq, seq), max(self._last_ts, last_ts)
-            merged = [*map(relabel, events), *self._ring]  # keeps the newest if over ring_size
-            self._ring.clear()
-            self._ring.extend(merged)
+            if written:
+                if self._ring is None:
+                    self._ring = ByteRing(ring.capacity)
+                merged = [*written, *self._ring.records()]  # keeps the newest if over capacity
+                self._ring.clear()
+                for data in merged:
+                    self._ring.append(data)
             self._pending.extendleft(map(relabel, reversed(unwritten)))
             self._overflow += lost
             while len(self._pending) > self.max_pending:
@@ -224,6 +272,7 @@ class Recorder:
         self.pid = os.getpid()
         self._seq, self._overflow, self.written = 0, 0, 0
         self._pending.clear()  # the parent writes these
+        self._inflight = deque()
         if self.store is not None:
             _inherited.append(self.store)  # never close the parent's connection from here
             old = self.store
@@ -249,7 +298,7 @@ def init(paths: RuntimePaths, role: str, cfg: BlackboxConfig | None = None) -> R
     store = EventStore(paths.blackbox_db, cfg.max_events, cfg.max_age_days * 86400.0,
                        int(cfg.max_mb * 1024 * 1024))
     rec = Recorder(role, store, flush_interval_s=cfg.flush_interval_ms / 1000.0,
-                   ring_size=cfg.ring_size)
+                   ring_bytes=cfg.ring_kb * 1024)
     with _init_lock:
         previous = _current
         if previous is not None:
@@ -281,10 +330,9 @@ def get() -> Recorder | None:
 
 
 def recent(n: int | None = None) -> list[dict[str, Any]]:
-    """The last ``n`` (default: all in the ring) events recorded in this process (redacted),
+    """The last ``n`` (default: all held in memory) events recorded in this process (redacted),
     oldest first."""
-    rec = _current or _fallback
-    return rec.recent(rec.ring_size if n is None else n)
+    return (_current or _fallback).recent(n)
 
 
 def flush(timeout: float = 5.0) -> bool:

@@ -27,7 +27,7 @@ from bot.runtime import Budget, Runtime, TickDeadline
 from bot.sizing import order_spec
 from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
-from tradeguard.heartbeat import Heartbeat, write_heartbeat
+from tradeguard.heartbeat import Heartbeat, HeartbeatFile
 
 log = logging.getLogger(__name__)
 SOURCE = "bot"
@@ -70,6 +70,7 @@ class Bot:
         self.reconciler = Reconciler(rt, self.orders, self.symbols)
         self.guard = Guard(rt, self.orders, self.feed)
         self.leak = Leak()
+        self.heartbeat_file = HeartbeatFile(self.cfg.runtime.heartbeat)
         self.seq = 0
         self.started_at = time.time()
         self.state = "starting"
@@ -326,7 +327,7 @@ class Bot:
             self.seq += 1
         positions = self.positions()
         try:
-            write_heartbeat(self.rt.cfg.runtime.heartbeat, Heartbeat(
+            self.heartbeat_file.write(Heartbeat(
                 os.getpid(), time.time(), self.seq, self.state, self.heartbeat_detail(positions)))
         except Exception as e:  # noqa: BLE001 - a full disk must not kill the loop
             log.error("heartbeat not written: %s", e)
@@ -353,3 +354,7 @@ class Bot:
             log.warning("checkpoint on stop failed: %s", e)
         recorder.record("bot.stopped", SOURCE, "bot stopped on request", critical=True,
                         positions=self.positions())
+        try:
+            self.heartbeat_file.close()
+        except OSError as e:
+            log.warning("heartbeat spare not removed: %s", e)

@@ -113,7 +113,7 @@ class BlackboxConfig:
     max_age_days: float = _f(30.0, "Events older than this are dropped.", min=0.01, max=3650)
     max_mb: float = _f(256.0, "Largest size of the kept events (their text, in MB); the oldest are dropped first.", min=1, max=1000000)
     flush_interval_ms: int = _f(100, "Longest a non-critical event waits in memory before it is written.", min=1, max=10000)
-    ring_size: int = _f(1000, "Recent events kept in memory per process; every crash dump carries them all.", min=100, max=1000000)
+    ring_kb: int = _f(512, "Memory (KiB, taken at start) for the recent events every crash dump carries; ~2,000 events at 512.", min=64, max=1048576)
 
 
 @dataclass(frozen=True)

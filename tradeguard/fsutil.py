@@ -4,14 +4,16 @@ A reader never sees a half-written file, and a crash leaves either the old file 
 ``durable`` also fsyncs the new file before it is moved in and the directory after, so the change
 survives a power loss. ``overwrite=False`` moves it in with ``os.link``, which fails with
 FileExistsError if the target exists, even one that appeared a moment earlier: never clobbered.
+:class:`SwapWriter` replaces one file many times a second (the heartbeat) at a fraction of the cost.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 PRIVATE = 0o600
 SHARED = 0o666  # readable by the owner's other processes, as the umask allows
@@ -87,3 +89,74 @@ def staged(path: Path, *, overwrite: bool = True, mode: int = PRIVATE,
     finally:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM)
+
+
+def _renameat2() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not glibc >= 2.28 / musl: no exchange
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class SwapWriter:
+    """Replaces ``path`` whole, as often as needed, without a new inode per write.
+
+    ``os.replace`` of a fresh temp file costs ~0.35 ms on ext4 (a new inode, the old one freed,
+    and a forced write-out of the new data because it replaces an existing file) and more while
+    other processes fsync. This writer keeps a spare file beside ``path`` (``.NAME.spare``),
+    rewrites it in place and swaps the two names in one step (``renameat2(RENAME_EXCHANGE)``,
+    ~0.06 ms): a reader opening ``path`` always gets a whole file, the new one or the previous
+    one. Where the filesystem or C library cannot swap, it falls back to :func:`write_atomic`.
+    Not durable (no fsync): for files whose latest content matters only while the writer lives.
+    One writer per path.
+    """
+
+    def __init__(self, path: Path, mode: int = SHARED):
+        self.path = Path(path)
+        self.spare = self.path.with_name(f".{self.path.name}.spare")
+        self.mode = mode
+        self._swap = _renameat2()
+        self._names = (os.fsencode(self.spare), os.fsencode(self.path))
+
+    @property
+    def swapping(self) -> bool:
+        """False once the fallback (a new file per write) is in use."""
+        return self._swap is not None
+
+    def write(self, data: str | bytes) -> None:
+        """Make ``data`` the content of ``path``."""
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if self._swap is None:
+            write_atomic(self.path, raw, mode=self.mode, durable=False)
+            return
+        fd = os.open(self.spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        try:
+            view, at = memoryview(raw), 0
+            while at < len(raw):
+                at += os.pwrite(fd, view[at:], at)
+            os.ftruncate(fd, len(raw))
+        finally:
+            os.close(fd)
+        if self._swap(_AT_FDCWD, self._names[0], _AT_FDCWD, self._names[1], _RENAME_EXCHANGE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.ENOENT and os.path.exists(self.spare):  # no file at path yet: the spare is it
+            os.replace(self.spare, self.path)
+        elif err in _UNSUPPORTED:
+            self._swap = None
+            os.replace(self.spare, self.path)
+        else:
+            raise OSError(err, os.strerror(err), str(self.path))
+
+    def close(self) -> None:
+        """Remove the spare (``path`` stays)."""
+        with suppress(FileNotFoundError):
+            os.unlink(self.spare)

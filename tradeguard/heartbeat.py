@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from tradeguard.fsutil import SHARED, write_atomic
+from tradeguard.fsutil import SHARED, SwapWriter, write_atomic
 
 STATES = ("starting", "running", "degraded", "safe", "stopping")
 PID_TOLERANCE_S = 0.05  # a process start time read back from /proc differs by rounding only
@@ -49,20 +49,48 @@ def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
     write_atomic(path, json.dumps(obj, separators=(",", ":"), default=str), mode=SHARED, durable=fsync)
 
 
+def _heartbeat_json(hb: Heartbeat) -> str:
+    return json.dumps({"pid": hb.pid, "ts": hb.ts, "seq": hb.seq, "state": hb.state,
+                       "detail": hb.detail}, separators=(",", ":"), default=str)
+
+
 def write_heartbeat(path: Path, hb: Heartbeat) -> None:
-    atomic_write_json(path, {"pid": hb.pid, "ts": hb.ts, "seq": hb.seq, "state": hb.state,
-                             "detail": hb.detail})
+    """Replace ``path`` with ``hb`` once (a loop that beats keeps a :class:`HeartbeatFile`)."""
+    write_atomic(path, _heartbeat_json(hb), mode=SHARED, durable=False)
+
+
+class HeartbeatFile:
+    """The heartbeat file of a process that writes one every loop: replaced whole each time,
+    cheaply (see :class:`tradeguard.fsutil.SwapWriter`)."""
+
+    def __init__(self, path: Path):
+        self._writer = SwapWriter(path, SHARED)
+
+    def write(self, hb: Heartbeat) -> None:
+        self._writer.write(_heartbeat_json(hb))
+
+    def close(self) -> None:
+        """Remove the spare file; the heartbeat stays."""
+        self._writer.close()
 
 
 def read_heartbeat(path: Path) -> Heartbeat | None:
     """The current heartbeat, or None if absent or malformed (a malformed file is no heartbeat)."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-        hb = Heartbeat(pid=int(obj["pid"]), ts=float(obj["ts"]), seq=int(obj["seq"]),
-                       state=str(obj["state"]), detail=dict(obj.get("detail") or {}))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return hb if hb.state in STATES else None
+    for attempt in (1, 2):
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            hb = Heartbeat(pid=int(obj["pid"]), ts=float(obj["ts"]), seq=int(obj["seq"]),
+                           state=str(obj["state"]), detail=dict(obj.get("detail") or {}))
+        except ValueError:
+            # A reader held up between open and read for a whole loop may have read the spare
+            # being rewritten (SwapWriter): the name now leads to a whole file.
+            if attempt == 1:
+                continue
+            return None
+        except (OSError, KeyError, TypeError):
+            return None
+        return hb if hb.state in STATES else None
+    return None
 
 
 def write_pidfile(path: Path, pid: int | None = None) -> PidInfo:

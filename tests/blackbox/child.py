@@ -7,7 +7,7 @@ Scenarios:
   thread      a worker thread dies of an exception; then dump("SIGTERM") twice; print results
   main        the main thread dies of an unhandled exception
   segv        install crash dumps, then crash with SIGSEGV (faulthandler writes its file)
-  ring N      a ring of N events; record 3N, take a dump, print its path
+  ring KB N   a ring of KB KiB; record N events, take a dump, print its path
 """
 from __future__ import annotations
 
@@ -98,19 +98,21 @@ def segv(paths: RuntimePaths) -> None:
     faulthandler._sigsegv()
 
 
-def ring(data: Path, logs: Path, n: int) -> None:
+def ring(data: Path, logs: Path, kb: int, n: int) -> None:
     paths = RuntimePaths(data, logs).ensure()
-    recorder.init(paths, "ring", BlackboxConfig(flush_interval_ms=20, ring_size=n))
+    recorder.init(paths, "ring", BlackboxConfig(flush_interval_ms=20, ring_kb=kb))
     crashdump.install(paths, "ring")
-    for i in range(3 * n):
+    for i in range(n):
         recorder.record("test.ring", "child", f"event {i}", i=i)
+        if i % 100 == 0:
+            recorder.flush()
     print(crashdump.dump("SIGTERM"), flush=True)
 
 
 def main(argv: list[str]) -> None:
     scenario, data, logs = argv[0], Path(argv[1]), Path(argv[2])
     if scenario == "ring":
-        return ring(data, logs, int(argv[3]))
+        return ring(data, logs, int(argv[3]), int(argv[4]))
     paths = _setup(scenario, data, logs)
     if scenario == "flood":
         flood(paths, int(argv[3]))

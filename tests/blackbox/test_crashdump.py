@@ -92,12 +92,15 @@ def test_a_dump_is_written_even_when_the_event_log_is_unavailable(paths, child):
 
 
 def test_a_dump_carries_the_whole_ring_newest_last(paths, child):
-    p = child("ring", "150")
+    p = child("ring", "64", "3000")  # ~100 bytes each: ~300 KB through a 64 KiB ring
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     data = json.loads(Path(out.strip()).read_text())
     ring = [e["fields"]["i"] for e in data["events"] if e["kind"] == "test.ring"]
-    assert ring == list(range(300, 450))  # the last ring_size events, nothing older
+    assert ring == list(range(ring[0], 3000))  # the newest events, in order, none missing
+    stats = data["recorder"]
+    assert 400 < len(ring) < 1000 and stats["ring_events"] <= len(ring)
+    assert 60 * 1024 < stats["ring_bytes"] <= 64 * 1024  # full, and no fuller than its memory
 
 
 def test_fatal_signal_leaves_a_faulthandler_file_that_is_listed(paths, child):

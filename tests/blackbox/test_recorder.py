@@ -214,13 +214,32 @@ def test_signal_handlers_may_record_while_the_main_thread_records(paths, start_r
     assert seqs == list(range(1, n + len(fired) + 1))  # every event, each seq once
 
 
-def test_recent_returns_the_last_events_oldest_first(start_recorder):
-    start_recorder(ring_size=100)
-    for i in range(150):
+def test_recent_returns_the_last_events_oldest_first_written_or_not(start_recorder):
+    rec = start_recorder(ring_kb=64, flush_interval_ms=10_000)
+    for i in range(2000):
         recorder.record("tick", "bot", "loop", i=i)
-    got = recorder.recent(3)
-    assert [e["fields"]["i"] for e in got] == [147, 148, 149]
-    assert len(recorder.recent(1000)) == 100
+    assert rec.stats()["ring_events"] == 0  # nothing written yet: all of them pending
+    assert [e["fields"]["i"] for e in recorder.recent(3)] == [1997, 1998, 1999]
+    assert recorder.flush(10)
+    recorder.record("tick", "bot", "loop", i=2000)  # pending again
+    held = [e["fields"]["i"] for e in recorder.recent()]
+    assert held == list(range(held[0], 2001)) and 500 < len(held) < 2000
+    assert rec.stats()["ring_events"] == len(held) - 1
+    assert [e["fields"]["i"] for e in recorder.recent(3)] == [1998, 1999, 2000]
+    assert recorder.recent(0) == []
+
+
+def test_the_ring_keeps_redacted_events_and_a_memory_only_recorder_hands_it_on(start_recorder):
+    secret = "zq9" + "Kx7" * 16
+    register_secret(secret)
+    start_recorder(ring_kb=64)
+    recorder.record("auth", "bot", f"key {secret}", api_key=secret)
+    assert recorder.flush(10)
+    recorder.close()  # back to memory only: the ring goes with the events to the fallback
+    recorder.record("after", "cli", "closed")
+    got = recorder.recent()
+    assert [e["kind"] for e in got] == ["auth", "after"]
+    assert secret not in json.dumps(got) and got[0]["fields"]["api_key"] == "***"
 
 
 def test_the_writer_keeps_a_small_page_cache_in_the_recording_process(start_recorder):
