@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_S = 3.0
-CACHE_KIB = 256  # page cache of the writer connection
+CACHE_KIB = 64  # page cache of the writer connection: the ends of the table and its indexes
 AGE_PRUNE_EVERY_S = 60.0
 PRUNE_SLACK = 0.01  # prune to 99% of max_events so deletions come in batches, not per write
 _SCHEMA = """

@@ -8,7 +8,6 @@ FileExistsError if the target exists, even one that appeared a moment earlier: n
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from contextlib import contextmanager, suppress
@@ -97,6 +96,8 @@ _UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM)
 
 
 def _renameat2() -> Callable[..., int] | None:
+    import ctypes  # here: most commands never swap, and ctypes costs 4 ms to import
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):  # not glibc >= 2.28 / musl: no exchange
@@ -147,6 +148,8 @@ class SwapWriter:
             os.close(fd)
         if self._swap(_AT_FDCWD, self._names[0], _AT_FDCWD, self._names[1], _RENAME_EXCHANGE) == 0:
             return
+        import ctypes
+
         err = ctypes.get_errno()
         if err == errno.ENOENT and os.path.exists(self.spare):  # no file at path yet: the spare is it
             os.replace(self.spare, self.path)
