@@ -6,10 +6,11 @@ writer thread or when a crash dump is taken, never on the caller's hot path.
 from __future__ import annotations
 
 import json
+import struct
 import time
 from typing import Any, NamedTuple
 
-from blackbox.redact import redact, redact_text
+from blackbox.redact import redact, redact_text, utf8_safe
 
 SEVERITIES = ("debug", "info", "warning", "error", "critical")
 MAX_FIELDS_BYTES = 8 * 1024
@@ -44,7 +45,11 @@ def fields_json(fields: dict[str, Any]) -> str:
         text = json.dumps(redact(fields), default=str, ensure_ascii=False, separators=(",", ":"))
     except Exception as e:  # noqa: BLE001 - e.g. a __str__ that raises, or a dict mutated meanwhile
         text = json.dumps({"_unserializable": f"{type(e).__name__}: {e}"})
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate in a key (values are made safe by redact)
+        text = json.dumps(redact(fields), default=str, separators=(",", ":"))
+        size = len(text)
     if size <= MAX_FIELDS_BYTES:
         return text
     preview = text.encode("utf-8")[: MAX_FIELDS_BYTES - 200].decode("utf-8", "ignore")
@@ -56,8 +61,9 @@ def to_row(ev: Event) -> tuple:
     """The redacted, size-capped row written to ``events`` (column order of store.INSERT)."""
     # Redact before clipping, so that a cut can never leave half a secret unmasked (the cut
     # falls well inside the already-masked text).
-    return (ev.ts, ev.pid, ev.seq, clip(str(ev.role), MAX_NAME_CHARS),
-            clip(str(ev.kind), MAX_NAME_CHARS), clip(str(ev.source), MAX_NAME_CHARS), ev.severity,
+    return (ev.ts, ev.pid, ev.seq, clip(utf8_safe(str(ev.role)), MAX_NAME_CHARS),
+            clip(utf8_safe(str(ev.kind)), MAX_NAME_CHARS),
+            clip(utf8_safe(str(ev.source)), MAX_NAME_CHARS), ev.severity,
             clip(redact_text(str(ev.message)[: 4 * MAX_MESSAGE_CHARS]), MAX_MESSAGE_CHARS),
             fields_json(ev.fields),
             int(ev.critical))
@@ -68,17 +74,27 @@ def to_dict(ev: Event) -> dict[str, Any]:
     return unpack_row(pack_row(to_row(ev)))
 
 
+# ts, pid, seq, critical, then the byte lengths of role, kind, source, severity, message, fields
+_PACKED = struct.Struct("<dqqB4H2I")
+
+
 def pack_row(row: tuple) -> bytes:
-    """A row as compact bytes for the in-memory ring (the fields' JSON is kept as it is)."""
-    head = json.dumps(row[:8] + (row[9],), ensure_ascii=False, separators=(",", ":"))
-    return f"{head[:-1]},{row[8]}]".encode("utf-8")
+    """A row as compact bytes for the in-memory ring (~1.5 µs; the fields' JSON kept as it is)."""
+    ts, pid, seq, role, kind, source, severity, message, fields, critical = row
+    texts = [t.encode("utf-8") for t in (role, kind, source, severity, message, fields)]
+    return _PACKED.pack(ts, pid, seq, critical, *map(len, texts)) + b"".join(texts)
 
 
 def unpack_row(data: bytes) -> dict[str, Any]:
     """The reader's dict of a ``pack_row`` record."""
-    ts, pid, seq, role, kind, source, severity, message, critical, fields = json.loads(data)
+    ts, pid, seq, critical, *sizes = _PACKED.unpack_from(data)
+    texts, at = [], _PACKED.size
+    for size in sizes:
+        texts.append(data[at:at + size].decode("utf-8"))
+        at += size
+    role, kind, source, severity, message, fields = texts
     return {"ts": ts, "pid": pid, "seq": seq, "role": role, "kind": kind, "source": source,
-            "severity": severity, "message": message, "fields": fields,
+            "severity": severity, "message": message, "fields": json.loads(fields),
             "critical": bool(critical)}
 
 

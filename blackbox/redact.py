@@ -76,6 +76,18 @@ def _redact_text(text: str) -> str:
             text = pat.sub(lambda m: m.group(1) + MASK + m.group(2), text)
         else:
             text = pat.sub(MASK, text)
+    return utf8_safe(text)
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates (undecodable bytes of a file name, say) written out as
+    ``\\udcff``: every file, database and terminal can take it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 

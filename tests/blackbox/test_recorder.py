@@ -140,6 +140,20 @@ def test_record_never_raises_on_odd_input(paths, start_recorder):
     assert "_unserializable" in json.loads(got[1][1])
 
 
+def test_undecodable_text_is_written_escaped_and_does_not_stop_the_writer(paths, start_recorder):
+    rec = start_recorder()
+    name = os.fsdecode(b"/data/caf\xe9.toml")  # a Latin-1 file name: a lone surrogate in a str
+    recorder.record("odd\udcff", "bot", f"cannot read {name}", path=name, critical=True,
+                    **{"k\ud800": 1})
+    recorder.record("after", "bot", "next event", critical=True)
+    got = rows(paths.blackbox_db, "SELECT kind, message, fields FROM events ORDER BY seq")
+    assert [g[0] for g in got] == ["odd\\udcff", "after"]
+    assert got[0][1] == "cannot read /data/caf\\udce9.toml"
+    assert json.loads(got[0][2])["path"] == "/data/caf\\udce9.toml"
+    assert rec.stats()["failing"] is False
+    assert [e["kind"] for e in recorder.recent()] == ["odd\\udcff", "after"]
+
+
 def test_unavailable_database_keeps_events_in_memory_then_writes_them(paths, start_recorder, caplog):
     paths.blackbox_db.mkdir(parents=True)  # a directory where the database should be
     start_recorder(flush_interval_ms=10)
