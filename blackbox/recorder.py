@@ -206,9 +206,9 @@ class Recorder:
             packed = self._ring.records() if self._ring is not None else []
             raw = [*self._inflight, *self._pending]
         if n is not None:
-            n = max(n, 0)
-            raw = raw[len(raw) - n:] if n else []
-            packed = packed[len(packed) - (n - len(raw)):] if n > len(raw) else []
+            raw = raw[max(len(raw) - n, 0):] if n > 0 else []
+            older = max(n - len(raw), 0)
+            packed = packed[max(len(packed) - older, 0):] if older else []
         events = [*map(unpack_row, packed), *map(to_dict, raw)]
         # A signal handler that interrupted _keep between a ring append and the end of the
         # batch sees an event both in the ring and in flight: list it once.

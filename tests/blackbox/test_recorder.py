@@ -240,6 +240,10 @@ def test_recent_returns_the_last_events_oldest_first_written_or_not(start_record
     assert held == list(range(held[0], 2001)) and 500 < len(held) < 2000
     assert rec.stats()["ring_events"] == len(held) - 1
     assert [e["fields"]["i"] for e in recorder.recent(3)] == [1998, 1999, 2000]
+    for i in (2001, 2002):  # three pending: n = 4 spans both kinds
+        recorder.record("tick", "bot", "loop", i=i)
+    assert [e["fields"]["i"] for e in recorder.recent(4)] == [1999, 2000, 2001, 2002]
+    assert len(recorder.recent(10**6)) == len(held) + 2
     assert recorder.recent(0) == []
 
 
