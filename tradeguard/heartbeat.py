@@ -44,19 +44,22 @@ class PidInfo:
     create_time: float
 
 
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
 def atomic_write_json(path: Path, obj: Any, *, fsync: bool = False) -> None:
     """Replace ``path`` with ``obj`` as JSON in one step; ``fsync``: durably (file and directory)."""
-    write_atomic(path, json.dumps(obj, separators=(",", ":"), default=str), mode=SHARED, durable=fsync)
+    write_atomic(path, _json(obj), mode=SHARED, durable=fsync)
 
 
-def _heartbeat_json(hb: Heartbeat) -> str:
-    return json.dumps({"pid": hb.pid, "ts": hb.ts, "seq": hb.seq, "state": hb.state,
-                       "detail": hb.detail}, separators=(",", ":"), default=str)
+def _heartbeat_obj(hb: Heartbeat) -> dict[str, Any]:
+    return {"pid": hb.pid, "ts": hb.ts, "seq": hb.seq, "state": hb.state, "detail": hb.detail}
 
 
 def write_heartbeat(path: Path, hb: Heartbeat) -> None:
     """Replace ``path`` with ``hb`` once (a loop that beats keeps a :class:`HeartbeatFile`)."""
-    write_atomic(path, _heartbeat_json(hb), mode=SHARED, durable=False)
+    atomic_write_json(path, _heartbeat_obj(hb))
 
 
 class HeartbeatFile:
@@ -67,7 +70,7 @@ class HeartbeatFile:
         self._writer = SwapWriter(path, SHARED)
 
     def write(self, hb: Heartbeat) -> None:
-        self._writer.write(_heartbeat_json(hb))
+        self._writer.write(_json(_heartbeat_obj(hb)))
 
     def close(self) -> None:
         """Remove the spare file; the heartbeat stays."""
