@@ -78,6 +78,9 @@ def explode_in_worker() -> None:
 
 def thread(paths: RuntimePaths) -> None:
     secrets_everywhere(paths, "thread")
+    # One write attempt before the worker dies, so that the dump's recorder state does not
+    # depend on whether the writer thread's first flush (20 ms after init) came first.
+    recorder.flush(timeout=5)
     t = threading.Thread(target=explode_in_worker, name="worker-1")
     t.start()
     t.join()
