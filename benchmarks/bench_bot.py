@@ -74,7 +74,7 @@ def tick_overhead(px: PaperExchange, root: Path, ticks: int) -> tuple[list[float
     """Per tick: wall ms, and ms outside exchange calls, for an in-process bot."""
     from blackbox import recorder
     from bot.engine import Bot
-    from bot.failpoints import Failpoints
+    from trading.failpoints import Failpoints
     from bot.main import build_runtime
     from bot.strategy import load_strategy
     from tradeguard.config import load_config
@@ -110,7 +110,7 @@ def tick_overhead(px: PaperExchange, root: Path, ticks: int) -> tuple[list[float
 
 def failpoint_cost() -> float:
     """Nanoseconds per ``Failpoints.hit`` with nothing armed."""
-    from bot.failpoints import Failpoints
+    from trading.failpoints import Failpoints
 
     fps = Failpoints()
     n = 1_000_000

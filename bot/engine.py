@@ -16,14 +16,14 @@ from typing import Any, Callable
 import ccxt
 
 from blackbox import recorder
-from bot.failpoints import Leak
+from trading.failpoints import Leak
 from bot.guard import Guard
 from bot.marketdata import MarketFeed
 from bot.notify import Notifier
-from bot.orders import FINAL, OrderBook, recent_submissions
+from trading.orders import FINAL, OrderBook, recent_submissions
 from bot.reconcile import Reconciler
-from bot.risk import RiskLimits
-from bot.runtime import Budget, Runtime, TickDeadline
+from trading.risk import RiskLimits
+from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
 from bot.sizing import order_spec
 from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
@@ -33,20 +33,6 @@ log = logging.getLogger(__name__)
 SOURCE = "bot"
 STRATEGY_KEY = "strategy.state"
 EXCHANGE_ERRORS = (ccxt.BaseError, CircuitOpenError, RetryBudgetExhausted, OSError)
-
-
-class StoppableBudget(Budget):
-    """A tick budget that also ends when the bot is asked to stop (SIGTERM)."""
-
-    def __init__(self, seconds: float, stop: threading.Event):
-        super().__init__(time.monotonic() + seconds)
-        self.stop = stop
-
-    def remaining(self) -> float:
-        return 0.0 if self.stop.is_set() else super().remaining()
-
-    def expired(self) -> bool:
-        return self.stop.is_set() or super().expired()
 
 
 class Bot:

@@ -16,9 +16,9 @@ from typing import Any
 
 from blackbox import recorder
 from bot.marketdata import MarketFeed
-from bot.orders import OrderBook, OrderSpec, as_float
-from bot.risk import DAILY_LOSS_PREFIX, DailyLoss
-from bot.runtime import Budget, Runtime
+from trading.orders import OrderBook, OrderSpec, as_float
+from trading.risk import DAILY_LOSS_PREFIX, DailyLoss
+from trading.runtime import Budget, Runtime
 from bot.sizing import lot
 
 log = logging.getLogger(__name__)

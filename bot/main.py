@@ -19,10 +19,10 @@ from typing import Any, Mapping
 
 from blackbox import crashdump, recorder
 from bot.engine import Bot
-from bot.exchange import build_exchange
-from bot.failpoints import Failpoints
+from trading.exchange import build_exchange
+from trading.failpoints import Failpoints
 from bot.notify import Notifier
-from bot.runtime import Runtime
+from trading.runtime import Runtime
 from bot.strategy import load_strategy
 from resilience.keys import ensure_cipher
 from resilience.killswitch import KillSwitch

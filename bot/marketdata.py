@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from bot.runtime import Budget, Runtime
+from trading.runtime import Budget, Runtime
 from bot.strategy import MarketData
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blackbox import recorder
-from bot.exchange import fetch_order_by_client_id
-from bot.orders import FINAL, LIVE, OrderBook, as_float
-from bot.runtime import Budget, Runtime
+from trading.exchange import fetch_order_by_client_id
+from trading.orders import FINAL, LIVE, OrderBook, as_float
+from trading.runtime import Budget, Runtime
 from resilience.state import NewOrder, Order
 
 log = logging.getLogger(__name__)

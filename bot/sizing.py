@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bot.exchange import tradable_amount
-from bot.orders import OrderSpec
-from bot.risk import Book, Proposal, is_exit
+from trading.exchange import tradable_amount
+from trading.orders import OrderSpec
+from trading.risk import Book, Proposal, is_exit
 from bot.strategy import Order, Target
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Used by the test fixture (``tests/helpers/fixtures_paper.py``) and the chaos har
 
     px = PaperExchange.create(root_dir, port).start()
     px.set_price("BTC/USDT", 59000); px.add_fault(method="POST", path="/api/v3/order", action="reset")
-    client = px.client()      # a real ccxt client (bot.exchange.build_exchange)
+    client = px.client()      # a real ccxt client (trading.exchange.build_exchange)
     px.stop()
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from paper_exchange.credentials import ENV_KEY, ENV_SECRET, read_credentials
+from trading.paper_credentials import ENV_KEY, ENV_SECRET, read_credentials
 from tradeguard.paths import RuntimePaths
 
 Launcher = Callable[[Sequence[str], Mapping[str, str], Path], subprocess.Popen]
@@ -157,8 +157,8 @@ class PaperExchange:
         return load_config(self.config_file, env=self.env)
 
     def client(self):
-        """A new real ccxt client for this exchange (``bot.exchange.build_exchange``)."""
-        from bot.exchange import build_exchange
+        """A new real ccxt client for this exchange (``trading.exchange.build_exchange``)."""
+        from trading.exchange import build_exchange
 
         return build_exchange(self.config(), role="test", environ=self.env)
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from paper_exchange.app import PaperApp
-from paper_exchange.credentials import load_or_create
+from trading.paper_credentials import load_or_create
 from paper_exchange.engine import Engine, EngineSettings, now_ms
 from paper_exchange.faults import FaultBook
 from paper_exchange.markets import MARKETS

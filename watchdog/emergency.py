@@ -17,7 +17,7 @@ non-retryable error) or ``[watchdog] emergency_timeout_s`` passes, it
    rounded down to the market's lot step; a remainder below the market minimum is dust,
    recorded and left alone.
 
-Each sell follows the bot's order lifecycle (it reuses :class:`bot.orders.OrderBook`): intent
+Each sell follows the bot's order lifecycle (it reuses :class:`trading.orders.OrderBook`): intent
 committed (origin ``watchdog``, purpose ``emergency``, id ``tg-<bot_id>-x<seq>``) before the
 request, SUBMITTING, then the exchange's answer — or UNKNOWN, resolved by client order id with
 the same-id resubmission rule. Every step is black-boxed as a critical event.
@@ -33,12 +33,12 @@ from typing import Any
 import ccxt
 
 from blackbox import recorder
-from bot.engine import StoppableBudget
-from bot.exchange import (build_exchange, checked_order, create_order_params,
+from trading.runtime import StoppableBudget
+from trading.exchange import (build_exchange, checked_order, create_order_params,
                           fetch_order_by_client_id, tradable_amount)
-from bot.orders import IN_FLIGHT, LIVE, OrderBook
-from bot.risk import RiskLimits
-from bot.runtime import Runtime
+from trading.orders import IN_FLIGHT, LIVE, OrderBook
+from trading.risk import RiskLimits
+from trading.runtime import Runtime
 from resilience.classify import ErrorClass, classify
 from resilience.keys import ensure_cipher
 from resilience.killswitch import KillSwitch

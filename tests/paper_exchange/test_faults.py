@@ -7,7 +7,7 @@ import time
 import ccxt
 import pytest
 
-from bot.exchange import checked_order
+from trading.exchange import checked_order
 from paper_exchange.control import ControlError
 from resilience.classify import ErrorClass, UnreadableResponse, classify
 from tests.helpers.proc import wait_until

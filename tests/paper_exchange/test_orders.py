@@ -6,7 +6,7 @@ import threading
 import ccxt
 import pytest
 
-from bot.exchange import fetch_order_by_client_id
+from trading.exchange import fetch_order_by_client_id
 from resilience.classify import ErrorClass, classify
 
 

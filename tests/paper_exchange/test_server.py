@@ -8,7 +8,7 @@ import stat
 import ccxt
 import pytest
 
-from paper_exchange.credentials import ENV_KEY, ENV_SECRET, load_or_create, read_credentials
+from trading.paper_credentials import ENV_KEY, ENV_SECRET, load_or_create, read_credentials
 from tests.helpers.proc import free_port, run_cli, wait_until
 from tradeguard.exceptions import KeyFileError
 from tradeguard.paths import RuntimePaths

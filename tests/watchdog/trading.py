@@ -39,9 +39,9 @@ def bot_runtime(cfg: Config) -> Any:
 
 def bot_buys(cfg: Config, symbol: str, amount: float) -> str:
     """The bot buys ``amount`` at market through its order lifecycle; returns the client order id."""
-    from bot.engine import StoppableBudget
-    from bot.orders import OrderBook, OrderSpec
-    from bot.risk import RiskLimits
+    from trading.runtime import StoppableBudget
+    from trading.orders import OrderBook, OrderSpec
+    from trading.risk import RiskLimits
 
     rt = bot_runtime(cfg)
     try:

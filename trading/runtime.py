@@ -2,12 +2,13 @@
 switch, failpoints and the clock — plus the per-tick time budget on the exchange."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from blackbox import recorder
-from bot.failpoints import Failpoints
+from trading.failpoints import Failpoints
 from tradeguard.config import Config
 
 
@@ -33,6 +34,20 @@ class Budget:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.deadline
+
+
+class StoppableBudget(Budget):
+    """A tick budget that also ends when the bot is asked to stop (SIGTERM) or a flatten is told to stop."""
+
+    def __init__(self, seconds: float, stop: threading.Event):
+        super().__init__(time.monotonic() + seconds)
+        self.stop = stop
+
+    def remaining(self) -> float:
+        return 0.0 if self.stop.is_set() else super().remaining()
+
+    def expired(self) -> bool:
+        return self.stop.is_set() or super().expired()
 
 
 @dataclass

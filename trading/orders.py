@@ -21,15 +21,15 @@ from typing import Any, Iterable
 import ccxt
 
 from blackbox import recorder
-from bot.exchange import checked_order, create_order_params, fetch_order_by_client_id
-from bot.risk import Book, Proposal, RiskLimits
-from bot.runtime import Budget, Runtime
+from trading.exchange import checked_order, create_order_params, fetch_order_by_client_id
+from trading.risk import Book, Proposal, RiskLimits
+from trading.runtime import Budget, Runtime
 from resilience.classify import ErrorClass, classify
 from resilience.state import TERMINAL, Fill, NewOrder, Order
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RiskLimitExceeded
 
 log = logging.getLogger(__name__)
-SOURCE = "bot.orders"
+SOURCE = "trading.orders"
 
 FINAL = tuple(sorted(TERMINAL))
 IN_FLIGHT = ("INTENT", "SUBMITTING", "UNKNOWN")

@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from bot.failpoints import Failpoints, Leak, parse
+from trading.failpoints import Failpoints, Leak, parse
 from tests.helpers.proc import REPO
 from tradeguard.exceptions import ConfigError, FailpointTriggered
 
@@ -69,7 +69,7 @@ def test_env_and_file_combine_and_bad_file_is_a_config_error(tmp_path):
         Failpoints.load(tmp_path, environ={})
 
 
-_CHILD = ("import sys; from bot.failpoints import Failpoints, parse; "
+_CHILD = ("import sys; from trading.failpoints import Failpoints, parse; "
           "fps = Failpoints(parse(sys.argv[1])); print('armed', flush=True); fps.hit('startup'); "
           "print('survived', flush=True)")
 

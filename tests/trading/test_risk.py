@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.risk import Book, DailyLoss, Proposal, RiskLimits
+from trading.risk import Book, DailyLoss, Proposal, RiskLimits
 from tradeguard.config import RiskConfig
 from tradeguard.exceptions import RiskLimitExceeded
 

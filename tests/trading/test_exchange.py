@@ -1,11 +1,11 @@
-"""bot.exchange: the ccxt client for the paper exchange and any ccxt exchange, and the helpers the
+"""trading.exchange: the ccxt client for the paper exchange and any ccxt exchange, and the helpers the
 order lifecycle uses. Network calls go only to a local paper exchange."""
 from __future__ import annotations
 
 import ccxt
 import pytest
 
-from bot.exchange import (CAPABILITIES, PaperBinance, build_exchange, capabilities, checked_order,
+from trading.exchange import (CAPABILITIES, PaperBinance, build_exchange, capabilities, checked_order,
                           create_order_params, fetch_order_by_client_id, tradable_amount)
 from blackbox.redact import redact_text
 from resilience.classify import ErrorClass, UnreadableResponse, classify

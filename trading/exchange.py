@@ -53,7 +53,7 @@ def capabilities(exchange_id: str) -> dict[str, Any]:
 
 
 def _paper_client(cfg: Config, role: str, environ: Mapping[str, str]) -> ccxt.Exchange:
-    from paper_exchange.credentials import load_or_create
+    from trading.paper_credentials import load_or_create
 
     api_key, secret = load_or_create(cfg.runtime, environ)
     host = cfg.paper.host
