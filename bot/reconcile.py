@@ -18,21 +18,18 @@ order sequence is moved above the highest one seen on the exchange so no id is e
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from blackbox import recorder
 from trading.exchange import fetch_order_by_client_id
+from trading.history import ExchangeHistory, Report
 from trading.orders import FINAL, LIVE, OrderBook, as_float
 from trading.runtime import Budget, Runtime
-from resilience.state import NewOrder, Order
 
 log = logging.getLogger(__name__)
 SOURCE = "bot.reconcile"
 PENDING_KEY = "reconcile.pending"
 LAST_KEY = "reconcile.last"
-PAGE = 500
 # How far behind the last reconciliation a pass looks: it covers a trade that reached the
 # exchange's history late or a clock off by this much (an exchange refuses requests whose clock
 # is off by more than seconds). Every item in the window is fetched and checked on every pass,
@@ -41,26 +38,12 @@ MARGIN_S = 120.0
 POSITION_TOL = 1e-9
 
 
-@dataclass
-class Report:
-    adopted_orders: list[str] = field(default_factory=list)
-    updated_orders: list[str] = field(default_factory=list)
-    adopted_fills: int = 0
-    problems: list[dict[str, Any]] = field(default_factory=list)
-    max_seq: int = 0
-    max_emergency_seq: int = 0
-
-    def summary(self) -> str:
-        return (f"{len(self.adopted_orders)} orders adopted, {len(self.updated_orders)} updated, "
-                f"{self.adopted_fills} fills adopted, {len(self.problems)} unexplained")
-
-
 class Reconciler:
     def __init__(self, rt: Runtime, orders: OrderBook, symbols: list[str]):
         self.rt = rt
         self.orders = orders
         self.symbols = list(symbols)
-        self._seq_re = re.compile(rf"^{re.escape(rt.prefix)}(x?)(\d+)$")
+        self.history = ExchangeHistory(rt, orders, source=SOURCE)
         last = rt.store.kv_get(LAST_KEY)
         self.last: float | None = float(last) if isinstance(last, (int, float)) else None
         self.balance: dict[str, Any] | None = None  # the last one fetched (for equity)
@@ -101,19 +84,14 @@ class Reconciler:
     # --- the pass ------------------------------------------------------------------------
     def run(self, budget: Budget, *, full: bool = False) -> Report:
         """One reconciliation; ``full`` reads the whole history (rebuild after corruption)."""
-        rep = Report()
         since = None if full else self._since()
-        by_exchange_id: dict[str, Any] = {}
+        rep = self.history.learn(self.symbols, since, budget)
         for symbol in self.symbols:
-            seen = self._orders(symbol, since, budget, rep, by_exchange_id)
-            self._missing_open(symbol, seen, budget, rep)
-            self._fills(symbol, since, budget, rep, by_exchange_id)
+            self._missing_open(symbol, rep.seen.get(symbol, set()), budget, rep)
         # the balance last: a fill after this read can only make the exchange hold more than
         # state.db, which is never taken for a problem
         balance = self.rt.call("account", self.rt.exchange.fetch_balance, budget=budget)
         self.balance = balance
-        if full or rep.adopted_orders:
-            self._bump_sequences(rep)
         self._positions(balance, rep)
         self._conclude(rep)
         return rep
@@ -122,64 +100,6 @@ class Reconciler:
         oldest = [o.created_at for o in self.rt.store.orders(states=LIVE)]
         marks = [t for t in [self.last, *oldest] if t]
         return int((min(marks) - MARGIN_S) * 1000) if marks else None
-
-    def _paged(self, fn: Any, symbol: str, since: int | None, budget: Budget,
-               id_param: str) -> list[dict[str, Any]]:
-        """Every item since ``since`` (ms), oldest first; ``None`` = the whole history, paged by
-        id (Binance's ``orderId`` / ``fromId``). Items may repeat at page edges (callers are idempotent)."""
-        out: list[dict[str, Any]] = []
-        params: dict[str, Any] = {id_param: 0} if since is None else {}
-        while True:
-            # a spent budget raises TickDeadline: a partial list must never look like the truth
-            page = self.rt.call("account", fn, symbol, since, PAGE, params, budget=budget)
-            out += page
-            if len(page) < PAGE:
-                break
-            if since is None:
-                params = {id_param: max(int(x["id"]) for x in page) + 1}
-            else:
-                since = max(since + 1, max(int(x.get("timestamp") or 0) for x in page))
-        return out
-
-    def _orders(self, symbol: str, since: int | None, budget: Budget, rep: Report,
-                by_exchange_id: dict[str, Any]) -> set[str]:
-        seen: set[str] = set()
-        for ex in self._paged(self.rt.exchange.fetch_orders, symbol, since, budget, "orderId"):
-            cid = str(ex.get("clientOrderId") or "")
-            m = self._seq_re.match(cid)
-            if not m or cid in seen:
-                continue
-            seen.add(cid)
-            if m.group(1):
-                rep.max_emergency_seq = max(rep.max_emergency_seq, int(m.group(2)))
-            else:
-                rep.max_seq = max(rep.max_seq, int(m.group(2)))
-            local = self.rt.store.get_order(cid)
-            if local is None:
-                local = self._adopt(ex, cid, int(m.group(2)), bool(m.group(1)))
-                rep.adopted_orders.append(cid)
-            elif local.state not in FINAL or as_float(ex.get("filled")) > as_float(local.filled):
-                before = local.state
-                local = self.orders.apply(local, ex, "reconcile: the exchange says "
-                                          f"{ex.get('status')} (externally changed or missed)")
-                if local.state != before:
-                    rep.updated_orders.append(cid)
-            by_exchange_id[str(ex.get("id"))] = local
-        return seen
-
-    def _adopt(self, ex: dict[str, Any], cid: str, seq: int, emergency: bool) -> Order:
-        side = str(ex.get("side"))
-        o = self.orders.add(NewOrder(
-            client_order_id=cid, seq=seq, bot_id=self.rt.bot_id,
-            origin="watchdog" if emergency else "bot",
-            purpose="emergency" if emergency else ("entry" if side == "buy" else "exit"),
-            symbol=str(ex.get("symbol")), side=side, type=str(ex.get("type") or "market"),
-            amount=as_float(ex.get("amount")), price=ex.get("price") if ex.get("type") == "limit" else None))
-        recorder.record("reconcile.adopted_order", SOURCE, f"order {cid} of ours found on the exchange "
-                        f"({ex.get('status')}): adopted", severity="warning", critical=True,
-                        client_order_id=cid, symbol=o.symbol, status=ex.get("status"))
-        log.warning("reconciliation: adopted order %s (%s) found on the exchange", cid, ex.get("status"))
-        return self.orders.apply(o, ex, "adopted from the exchange")
 
     def _missing_open(self, symbol: str, seen: set[str], budget: Budget, rep: Report) -> None:
         """OPEN here but absent from the exchange's list: ask for it by id before calling it a problem."""
@@ -195,26 +115,6 @@ class Reconciler:
                 rep.problems.append({"kind": "order", "client_order_id": o.client_order_id,
                                      "symbol": symbol, "what": f"order {o.client_order_id} is OPEN in "
                                      "state.db but the exchange does not have it"})
-
-    def _fills(self, symbol: str, since: int | None, budget: Budget, rep: Report,
-               by_exchange_id: dict[str, Any]) -> None:
-        trades = self._paged(self.rt.exchange.fetch_my_trades, symbol, since, budget, "fromId")
-        for t in trades:
-            oid = str(t.get("order"))
-            o = by_exchange_id.get(oid)  # every order of ours that can have trades in the window
-            if o is None:
-                continue  # not ours (another program or a person trading on this account)
-            n = self.orders.add_trades(o, [t])
-            if n:
-                rep.adopted_fills += n
-                recorder.record("reconcile.adopted_fill", SOURCE, f"fill {t.get('id')} of {o.client_order_id} "
-                                "adopted from the exchange", severity="warning",
-                                client_order_id=o.client_order_id, fill_id=str(t.get("id")))
-
-    def _bump_sequences(self, rep: Report) -> None:
-        for name, seen in (("orders", rep.max_seq), ("emergency", rep.max_emergency_seq)):
-            if seen:
-                self.rt.store.raise_sequence(name, seen)
 
     def _positions(self, balance: dict[str, Any], rep: Report) -> None:
         totals = balance.get("total") or {}
