@@ -49,6 +49,7 @@ class ExchangeConfig:
     symbols: list = _f(["BTC/USDT", "ETH/USDT"], "Markets the bot trades (ccxt unified symbols).")
     sandbox: bool = _f(False, "Use the exchange's testnet (ccxt set_sandbox_mode).")
     timeout_ms: int = _f(5000, "Per-request HTTP timeout of the exchange client.", min=100, max=120000)
+    recv_window_ms: int = _f(5000, "recvWindow of signed requests (venues that have one): a request the exchange has not executed this long after its timestamp never will — the fence an unknown order waits for.", min=100, max=60000)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class BotConfig:
     tick_deadline_s: float = _f(4.0, "Longest one tick may wait on the exchange (keep it below [watchdog] heartbeat_timeout_s).", min=0.5, max=600)
     reconcile_interval_s: float = _f(30.0, "Seconds between reconciliations while trading.", min=1, max=86400)
     cancel_entries_on_stop: bool = _f(True, "Cancel open entry orders on graceful shutdown.")
-    unknown_grace_s: float = _f(10.0, "How long the exchange must keep saying an UNKNOWN order does not exist before it is resubmitted (same id).", min=0, max=3600)
+    unknown_grace_s: float = _f(3.0, "How long an accepted order may stay invisible to queries (eventual consistency), added to the fence before an UNKNOWN order counts as never sent.", min=0, max=3600)
     state_synchronous: str = _f("FULL", "SQLite synchronous level for the bot's writes.",
                                 choices=("FULL", "NORMAL", "EXTRA"))
 

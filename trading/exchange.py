@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 CAPABILITIES: dict[str, dict[str, Any]] = {
     "binance": {"client_order_id_param": "newClientOrderId",
                 "fetch_order_by_client_id": "origClientOrderId",
-                "max_client_order_id_len": 36},
+                "max_client_order_id_len": 36,
+                "recv_window": True},  # a signed request executes only within recvWindow
     "default": {"client_order_id_param": "clientOrderId",
                 "fetch_order_by_client_id": None,  # scan open and closed orders instead
-                "max_client_order_id_len": 32},
+                "max_client_order_id_len": 32,
+                "recv_window": False},
 }
 CAPABILITIES["paper"] = CAPABILITIES["binance"]
 _CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]+$")
@@ -66,7 +68,8 @@ def _paper_client(cfg: Config, role: str, environ: Mapping[str, str]) -> ccxt.Ex
         "headers": {"User-Agent": f"tradeguard-{role}"},
         "options": {"defaultType": "spot", "fetchMarkets": {"types": ["spot"]},
                     "fetchCurrencies": False, "fetchMargins": False,
-                    "adjustForTimeDifference": False},
+                    "adjustForTimeDifference": False,
+                    "recvWindow": cfg.exchange.recv_window_ms},
     })
     ex.paper_base_url = base
     # Every API family points at the paper exchange: a call it does not serve gets a 404 from
@@ -95,6 +98,8 @@ def _real_client(cfg: Config, role: str, environ: Mapping[str, str]) -> ccxt.Exc
                               "headers": {"User-Agent": f"tradeguard-{role}"}}
     if creds["password"]:
         params["password"] = creds["password"]
+    if capabilities(ex_id)["recv_window"]:
+        params["options"] = {"recvWindow": cfg.exchange.recv_window_ms}
     ex = getattr(ccxt, ex_id)(params)
     if cfg.exchange.sandbox:
         if not ex.urls.get("test"):

@@ -3,8 +3,10 @@ intent, never forget an order that reached the exchange.
 
 ``INTENT`` is committed before anything is sent, ``SUBMITTING`` right before the HTTP call. An
 unknown outcome (timeout, reset, 5xx, unreadable 2xx) moves the order to ``UNKNOWN``; later ticks
-fetch it by client order id with backoff and resubmit it — with the same id — only after the
-exchange has said "no such order" repeatedly over ``[bot] unknown_grace_s``. A duplicate means the
+fetch it by client order id with backoff and resubmit it — with the same id — only once the fence
+has passed on the exchange's clock (``trading.fence``: the request can no longer execute) and the
+exchange has said "no such order" several times after it. The id alone protects nothing: the
+exchange accepts a reused id once the earlier order is filled or canceled. A duplicate means the
 order exists: it is fetched. A non-retryable error rejects the intent with the reason. Fills come
 from the exchange's trades for the order and are added idempotently (trade id).
 """
@@ -22,6 +24,7 @@ import ccxt
 
 from blackbox import recorder
 from trading.exchange import checked_order, create_order_params, fetch_order_by_client_id
+from trading.fence import Fence
 from trading.risk import Book, Proposal, RiskLimits
 from trading.runtime import Budget, Runtime
 from resilience.classify import ErrorClass, classify
@@ -36,7 +39,8 @@ IN_FLIGHT = ("INTENT", "SUBMITTING", "UNKNOWN")
 LIVE = ("OPEN",) + IN_FLIGHT
 STATUS_TO_STATE = {"open": "OPEN", "closed": "FILLED", "canceled": "CANCELED",
                    "cancelled": "CANCELED", "expired": "CANCELED", "rejected": "REJECTED"}
-MIN_MISSES = 3  # "not found" answers needed (over the grace period) before a resubmission
+MIN_MISSES = 3  # "not found" answers after the fence needed before a resubmission
+MISS_INTERVAL_S = 0.5  # between those answers
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 5.0
 FILL_EPS = 1e-12
 BLOCKED_REPEAT_S = 60.0  # a risk block is reported once a minute per limit and symbol
@@ -61,7 +65,6 @@ class _Unresolved:
     next_check: float
     backoff: float = BACKOFF_START_S
     misses: int = 0
-    first_miss: float | None = None
 
 
 def exchange_state(ex_order: dict[str, Any]) -> str | None:
@@ -95,6 +98,7 @@ class OrderBook:
     def __init__(self, rt: Runtime, risk: RiskLimits):
         self.rt = rt
         self.risk = risk
+        self.fence = Fence(rt)
         self._unresolved: dict[str, _Unresolved] = {}
         self._fills_due: set[str] = set()
         self._cancel_wanted: dict[str, str] = {}
@@ -253,7 +257,11 @@ class OrderBook:
         return o
 
     def resolve(self, o: Order, budget: Budget) -> None:
-        """One attempt to learn the outcome of an UNKNOWN (or stranded SUBMITTING) order."""
+        """One attempt to learn the outcome of an UNKNOWN (or stranded SUBMITTING) order.
+
+        Found: adopted. Not found: counts as evidence only once the fence has passed on the
+        exchange's clock (trading.fence); MIN_MISSES such answers and it never reached the
+        exchange — it is resubmitted with the same id."""
         u = self._unresolved.setdefault(o.client_order_id, _Unresolved(next_check=0.0))
         now = time.monotonic()
         if now < u.next_check or budget.expired():
@@ -261,6 +269,7 @@ class OrderBook:
         try:
             ex = self.rt.call("orders", fetch_order_by_client_id, self.rt.exchange, o.symbol,
                               o.client_order_id, budget=budget)
+            past_fence = ex is None and self.fence.passed(o, budget)
         except Exception as e:  # noqa: BLE001 - try again later, with backoff
             u.next_check, u.backoff = now + u.backoff, min(u.backoff * 2, BACKOFF_MAX_S)
             log.info("order %s still unresolved: %s", o.client_order_id, e)
@@ -269,13 +278,16 @@ class OrderBook:
             self._unresolved.pop(o.client_order_id, None)
             self.apply(o, ex, "resolved: found on the exchange by client order id")
             return
-        u.misses += 1
-        u.first_miss = u.first_miss or now
-        grace = self.rt.cfg.bot.unknown_grace_s
-        if u.misses >= MIN_MISSES and now - u.first_miss >= grace:
-            self._resubmit(o, budget)
-        else:
-            u.next_check, u.backoff = now + u.backoff, min(u.backoff * 2, BACKOFF_MAX_S)
+        if past_fence:
+            u.misses += 1
+            if u.misses >= MIN_MISSES:
+                self._resubmit(o, budget)
+            else:
+                u.next_check = now + MISS_INTERVAL_S
+            return
+        # before the fence: keep looking (a late execution shows up), and be there when it passes
+        u.next_check = now + max(min(u.backoff, self.fence.local_wait_s(o)), BACKOFF_START_S)
+        u.backoff = min(u.backoff * 2, BACKOFF_MAX_S)
 
     def _resubmit(self, o: Order, budget: Budget) -> None:
         """The exchange kept saying it never got the order: send it again, with the same id."""
@@ -285,8 +297,8 @@ class OrderBook:
             return
         self._unresolved.pop(o.client_order_id, None)
         log.warning("order %s never reached the exchange; resubmitting with the same id", o.client_order_id)
-        self._submit(o, budget, note=f"resubmitting with the same id after {self.rt.cfg.bot.unknown_grace_s:g}s "
-                                     "of 'order does not exist'")
+        self._submit(o, budget, note="resubmitting with the same id: past the fence, the exchange "
+                                     "keeps saying 'order does not exist'")
 
     def resolve_pending(self, budget: Budget) -> None:
         """Work on every UNKNOWN order (and SUBMITTING ones a previous run left behind)."""
@@ -300,7 +312,7 @@ class OrderBook:
 
         Found -> adopt the exchange's state. Not found: an INTENT was never sent (SUBMITTING is
         committed before the request), so it is CANCELED; a SUBMITTING one becomes UNKNOWN and is
-        resolved by the loop like any other (grace period, then a same-id resubmission).
+        resolved by the loop like any other (the fence, then a same-id resubmission).
         """
         for o in self.store.orders(states=IN_FLIGHT):
             ex = self.rt.call("orders", fetch_order_by_client_id, self.rt.exchange, o.symbol,

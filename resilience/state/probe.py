@@ -11,19 +11,19 @@ from resilience.state.connection import _connect, _is_corruption
 from tradeguard.exceptions import SchemaVersionError, StateError
 
 
-def _usable_version(conn: sqlite3.Connection, cipher: FieldCipher, path: Path) -> int:
+def _usable_version(conn: sqlite3.Connection, cipher: FieldCipher | None, path: Path) -> int:
     """The schema version, after refusing a newer schema or a key that does not open the file."""
     version = schema.current_version(conn)
     if version > schema.SCHEMA_VERSION:
         raise SchemaVersionError(
             f"{path} has schema version {version}, this tradeguard knows up to "
             f"{schema.SCHEMA_VERSION}: upgrade tradeguard (the database was not changed)")
-    if version:
+    if version and cipher is not None:
         _verify_key(conn, cipher, path)
     return version
 
 
-def _probe(path: Path, cipher: FieldCipher) -> str | None:
+def _probe(path: Path, cipher: FieldCipher | None) -> str | None:
     """Read-only look at an existing file: the corruption found, or None if it is usable.
 
     Raises WrongKeyError / SchemaVersionError without writing anything."""

@@ -48,11 +48,11 @@ def _sequence_start() -> int:
 class StateStore(_Reads):
     """The writer (the bot; the watchdog for emergency orders). See the package docstring."""
 
-    def __init__(self, path: Path, cipher: FieldCipher, *, synchronous: str = "FULL",
+    def __init__(self, path: Path, cipher: FieldCipher | None, *, synchronous: str = "FULL",
                  on_event: EventCallback | None = None, checkpoint_every: int = 2000,
                  checkpoint_interval_s: float = 300.0):
         super().__init__()
-        if not isinstance(cipher, FieldCipher):
+        if cipher is not None and not isinstance(cipher, FieldCipher):
             raise TypeError(f"cipher must be a FieldCipher, not {type(cipher).__name__} "
                             "(ensure_cipher returns a (cipher, generated) pair)")
         sync = str(synchronous).upper()
@@ -96,10 +96,21 @@ class StateStore(_Reads):
             raise
 
     @classmethod
-    def open(cls, path: Path, cipher: FieldCipher, *, synchronous: str = "FULL",
+    def open(cls, path: Path, cipher: FieldCipher | None, *, synchronous: str = "FULL",
              on_event: EventCallback | None = None) -> "StateStore":
-        """Open (create, migrate, or quarantine and recreate) the state database."""
+        """Open (create, migrate, or quarantine and recreate) the state database.
+
+        ``cipher=None`` is the keyless mode of the emergency flatten (no field key, or not the one
+        the file was written under): the key canary is neither checked nor written, encrypted
+        columns are written as NULL and read as None, kv writes are refused. Amounts, states and
+        positions are plain columns, so orders and fills are recorded in full."""
         return cls(path, cipher, synchronous=synchronous, on_event=on_event)
+
+    def _enc(self, table: str, pk: str, column: str, value: str | bytes) -> bytes | None:
+        """An encrypted column's value; NULL in keyless mode (see ``open``)."""
+        if self._cipher is None:
+            return None
+        return self._cipher.encrypt(table, pk, column, value)
 
     def _emit(self, kind: str, message: str, **fields: Any) -> None:
         if self._on_event is None:
@@ -114,8 +125,8 @@ class StateStore(_Reads):
             # checked again under the write lock: another process may have created it meanwhile
             version = _usable_version(c, self._cipher, self.path)
             applied = schema.migrate(c)
-            if _canary_blob(c) is None:
-                blob = self._cipher.encrypt("meta", "canary", "value", CANARY)
+            if self._cipher is not None and _canary_blob(c) is None:
+                blob = self._enc("meta", "canary", "value", CANARY)
                 self._meta_set(c, "canary", base64.b64encode(blob).decode())
                 self._meta_set(c, "key_id", self._cipher.current_key_id)
             if version == 0:
@@ -169,7 +180,7 @@ class StateStore(_Reads):
                note: str, now: float) -> None:
         # The id is chosen here (under the write lock) because the note is bound to it.
         tid = _one(c, "SELECT COALESCE(MAX(id), 0) + 1 FROM transitions")[0]
-        blob = self._cipher.encrypt("transitions", tid, "note", note) if note else None
+        blob = self._enc("transitions", tid, "note", note) if note else None
         c.execute("INSERT INTO transitions(id, client_order_id, from_state, to_state, ts, note) "
                   "VALUES (?, ?, ?, ?, ?, ?)", (tid, cid, frm, to, now, blob))
 
@@ -212,7 +223,7 @@ class StateStore(_Reads):
         price = None if o.price is None else float(o.price)
         now = time.time()
         with self._write() as c:
-            reason = self._cipher.encrypt("orders", o.client_order_id, "reason", o.reason) \
+            reason = self._enc("orders", o.client_order_id, "reason", o.reason) \
                 if o.reason else None
             try:
                 c.execute(
@@ -284,9 +295,9 @@ class StateStore(_Reads):
             elif k == "exchange_order_id":
                 out[k] = None if v is None else str(v)
             elif k == "reason":
-                out[k] = self._cipher.encrypt("orders", cid, "reason", str(v)) if v else None
+                out[k] = self._enc("orders", cid, "reason", str(v)) if v else None
             elif k == "raw":
-                out[k] = None if v is None else self._cipher.encrypt("orders", cid, "raw", _dumps(v))
+                out[k] = None if v is None else self._enc("orders", cid, "raw", _dumps(v))
         return out
 
     # --- fills and positions ------------------------------------------------------------
@@ -300,7 +311,7 @@ class StateStore(_Reads):
         fee = _finite("fill fee", f.fee)
         fill_id = str(f.fill_id)
         pk = schema.aad_pk("fills", {"fill_id": fill_id, "symbol": f.symbol})
-        raw = None if f.raw is None else self._cipher.encrypt("fills", pk, "raw", _dumps(f.raw))
+        raw = None if f.raw is None else self._enc("fills", pk, "raw", _dumps(f.raw))
         now = time.time()
         with self._write() as c:
             cur = c.execute(
@@ -381,7 +392,10 @@ class StateStore(_Reads):
             text = json.dumps(value, separators=(",", ":"))
         except (TypeError, ValueError) as e:
             raise StateError(f"kv value for {key!r} is not JSON-serialisable: {e}") from None
-        blob = self._cipher.encrypt("kv", key, "value", text)
+        if self._cipher is None:
+            raise StateError(f"kv {key!r} not written: opened without the field key (kv values "
+                             "are encrypted)")
+        blob = self._enc("kv", key, "value", text)
         with self._write() as c:
             c.execute("INSERT INTO kv(key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
                       "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -406,6 +420,8 @@ class StateStore(_Reads):
         """Re-encrypt every value not under the current key, in short batches; count changed.
 
         Safe to kill at any point: each batch is one transaction and each value names its key."""
+        if self._cipher is None:
+            raise StateError("re-encryption needs the field key")
         total = 0
         for table, _pk, cols in schema.ENCRYPTED:
             last = 0
