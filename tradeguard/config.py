@@ -129,6 +129,7 @@ class WatchdogConfig:
     kill_grace_s: float = _f(3.0, "SIGTERM to SIGKILL grace for a hung bot.", min=0, max=600)
     flatten_deadline_s: float = _f(5.0, "How long the bot gets to carry out a flatten kill switch before the watchdog does.", min=0.5, max=3600)
     emergency_timeout_s: float = _f(120.0, "How long an emergency flatten keeps retrying before it reports failure.", min=1, max=86400)
+    flatten_lookback_h: float = _f(168.0, "With state.db lost, how far back the emergency flatten reads the bot's orders and trades from the exchange to rebuild its positions.", min=1, max=24 * 366)
     unhealthy_alert_s: float = _f(60.0, "Alert when the bot stays unhealthy longer than this.", min=1, max=86400)
     manager: str = _f("auto", "Who restarts the bot.", choices=("auto", "supervisor", "systemd", "standalone"))
 

@@ -139,6 +139,14 @@ class _Reads:
     def needs_reconciliation(self) -> bool:
         return self.meta_value("needs_reconciliation") == "1"
 
+    def order_times(self) -> tuple[float | None, float | None]:
+        """(created_at of the oldest order not final, of the newest order); None when none."""
+        with self._read() as c:
+            live = c.execute("SELECT MIN(created_at) FROM orders WHERE state IN "
+                             "('INTENT','SUBMITTING','UNKNOWN','OPEN')").fetchone()[0]
+            newest = c.execute("SELECT MAX(created_at) FROM orders").fetchone()[0]
+        return live, newest
+
     def counts(self) -> dict[str, int]:
         """Rows per table (sqlite-utils)."""
         with self._read() as c:

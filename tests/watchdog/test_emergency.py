@@ -228,13 +228,14 @@ def test_the_stopped_bots_orders_in_flight_are_settled_and_their_fills_sold(pape
     assert [o["clientOrderId"] for o in ledger_orders(px, PREFIX) if o["side"] == "BUY"].count(lost) == 0
 
 
-def test_a_bot_that_could_not_be_stopped_keeps_its_orders_in_flight(paper_exchange):
+def test_a_bot_not_proven_dead_is_not_flattened(paper_exchange):
     cfg = exchange_cfg(paper_exchange)
     bot_buys(cfg, SYMBOL, 0.01)
     cid = _bot_order_in_flight(cfg, 0.001, "INTENT")
 
     r = flatten(cfg, "test", bot_stopped=False)
 
-    assert r.state == "done", r
+    assert r.state == "failed" and not r.refused and r.orders == []  # retried later
+    assert sells(paper_exchange) == []
     with bot_store(cfg) as store:
         assert store.get_order(cid).state == "INTENT"  # the bot's to settle: two writers must not

@@ -31,11 +31,11 @@ def exchange_cfg(px: PaperExchange, **env: str) -> Config:
 def bot_runtime(cfg: Config) -> Any:
     """The bot's parts (exchange, resilience, state store), creating its field key if needed."""
     from resilience.keys import generate_field_key
-    from watchdog.emergency import open_runtime
+    from watchdog.flatten import open_runtime
 
     if not cfg.runtime.field_key.exists():
         generate_field_key(cfg.runtime)
-    return open_runtime(cfg)
+    return open_runtime(cfg)[0]
 
 
 def bot_buys(cfg: Config, symbol: str, amount: float) -> str:
@@ -86,3 +86,30 @@ def ledger_orders(px: PaperExchange, prefix: str = "") -> list[dict]:
 
 def balance(px: PaperExchange, asset: str, kind: str = "total") -> float:
     return float((px.balances().get(asset) or {}).get(kind, 0))
+
+
+
+def bot_order(cfg: Config, px: PaperExchange, side: str, order_type: str, amount: float,
+              price: float | None = None, fault: dict | None = None,
+              symbol: str = "BTC/USDT") -> str:
+    """The bot places one order through its lifecycle (``fault`` on POST /api/v3/order first,
+    e.g. a delay longer than the client timeout: the order ends UNKNOWN while the exchange still
+    holds the request); returns the client order id."""
+    from trading.orders import OrderBook, OrderSpec
+    from trading.risk import RiskLimits
+    from trading.runtime import StoppableBudget
+
+    rt = bot_runtime(cfg)
+    try:
+        rt.exchange.load_markets()
+        last = float(rt.exchange.fetch_ticker(symbol)["last"])
+        book = OrderBook(rt, RiskLimits(cfg.risk))
+        if fault:
+            px.add_fault(method="POST", path="/api/v3/order", times=1, **fault)
+        spec = OrderSpec(symbol, side, order_type, amount, price,
+                         "entry" if side == "buy" else "exit", price or last)
+        o = book.place(spec, book.book({symbol: last}), StoppableBudget(10.0, threading.Event()))
+        assert o is not None, "blocked by the risk limits"
+        return o.client_order_id
+    finally:
+        rt.store.close()
