@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -132,8 +133,17 @@ def test_graceful_stop_is_respected(loop):
     assert st["verdict"] == "stopped" and st["restarts_total"] == 0
 
 
-def test_crash_loop_spends_the_budget_then_emergency_then_resume(loop, make_cfg, webhook):
-    extra = f'\n[alerts]\nwebhook_url = "{webhook.url}"\n'
+def _venue(px, data_dir) -> str:
+    """Config lines (and the credentials file in ``data_dir``) for trading on ``px``: a flatten
+    asks the exchange what the bot holds, even with no state.db."""
+    data_dir.joinpath("paper").mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copy(px.data_dir / "paper" / "credentials.json", data_dir / "paper" / "credentials.json")
+    return f'\n[paper]\nport = {px.port}\n'
+
+
+def test_crash_loop_spends_the_budget_then_emergency_then_resume(loop, make_cfg, webhook,
+                                                                 paper_exchange, data_dir):
+    extra = f'\n[alerts]\nwebhook_url = "{webhook.url}"\n' + _venue(paper_exchange, data_dir)
     lp = loop("crash", restart_budget=2, extra=extra)
     wait_until(lambda: lp.state()["emergency"]["state"] == "done", 20, message="emergency done")
     st = lp.state()
@@ -170,8 +180,9 @@ def test_restart_budget_survives_a_watchdog_restart(loop, make_cfg):
     assert st["restarts_total"] == 1 and len(st["restarts"]) == 1 and st["budget_left"] == 4
 
 
-def test_flatten_kill_switch_on_an_unresponsive_bot_is_carried_out(loop):
-    lp = loop(flatten_deadline_s=2.5)  # longer than heartbeat_timeout_s: hung by then
+def test_flatten_kill_switch_on_an_unresponsive_bot_is_carried_out(loop, paper_exchange, data_dir):
+    # flatten_deadline_s longer than heartbeat_timeout_s: hung by then
+    lp = loop(flatten_deadline_s=2.5, extra=_venue(paper_exchange, data_dir))
     pid = lp.healthy_bot()
     os.kill(pid, signal.SIGSTOP)
     KillSwitch(lp.cfg.runtime.kill_file).engage("flatten", "test: by hand", by="test")
