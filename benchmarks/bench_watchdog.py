@@ -59,10 +59,10 @@ port = {health_port}
 class System:
     """One supervisord with its programs in a scratch directory."""
 
-    def __init__(self, watchdog: bool):
+    def __init__(self, watchdog: bool, config: str = CONFIG):
         self.root = Path(tempfile.mkdtemp(prefix="tgbench-", dir="/tmp"))
         conf = self.root / "tradeguard.toml"
-        conf.write_text(CONFIG.format(paper_port=free_port(), health_port=free_port()))
+        conf.write_text(config.format(paper_port=free_port(), health_port=free_port()))
         self.cfg: Config = load_config(conf, data_dir=self.root / "data",
                                        logs_dir=self.root / "logs", env={})
         programs = ("paper-exchange", "bot", "watchdog") if watchdog else ("paper-exchange", "bot")
@@ -79,6 +79,15 @@ class System:
     @property
     def paths(self):
         return self.cfg.runtime
+
+    def paper(self) -> Any:
+        """A control handle on this system's paper exchange (its ledger, balances, a client)."""
+        from paper_exchange.control import PaperExchange
+        from trading.paper_credentials import load_or_create
+
+        key, secret = load_or_create(self.paths, {})
+        return PaperExchange(self.paths.data_dir, self.paths.logs_dir, self.cfg.paper.port,
+                             self.root / "tradeguard.toml", api_key=key, secret=secret)
 
     def rpc(self) -> Any:
         return supervisor_rpc(self.cfg).supervisor
