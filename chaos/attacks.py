@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import psutil
 
-from chaos.base import (Ctx, Injection, Scenario, emergency, flat, kill_at, kill_bot, kill_state,
-                        let_run, recovered_after, tg)
+from chaos.base import (Ctx, Injection, Scenario, emergency, failpoints_consumed, flat, kill_at,
+                        kill_bot, kill_state, let_run, recovered_after, tg)
 from chaos.invariants import Violation, Window, flat_of_bot_coins
 from chaos.system import System, poll
 
@@ -96,10 +96,10 @@ def flatten_verdict(s: System, em: dict | None) -> list[Violation]:
 
 def finish_flatten(s: System, t0: float, *, notes: list[str],
                    extra: Callable[[], list[Violation]] = lambda: [],
-                   lost_at: float | None = None) -> Injection:
+                   lost_at: float | None = None, timeout: float = FLATTEN_TIMEOUT) -> Injection:
     """Wait for the emergency flatten's outcome; recovered when it is done and the account is
     flat of the bot's coins."""
-    em = poll(lambda: emergency_finished(s), FLATTEN_TIMEOUT)
+    em = poll(lambda: emergency_finished(s), timeout)
     s.clear_failpoints()
     done_flat = bool(em and em.get("state") == "done" and not bot_holds(s))
     notes.append(f"flatten {em.get('state')}: {em.get('detail', '')}" if em
@@ -174,16 +174,17 @@ def fill_while_down(ctx: Ctx) -> Injection:
 
 
 # --- A3: supervisord gone, then the bot leaks ----------------------------------------------
-LEAK_AT_LOOP = 40      # the armed leak fires on the bot's 40th loop (10 s at 0.25 s a loop)
-MANAGER_DIES_AT = 16   # supervisord is SIGKILLed once the bot has made this many loops
+LEAK_AT_LOOP = 48      # the armed leak fires on the bot's 48th loop (12-25 s after its start)
+LEAK_MARGIN = 12       # supervisord must be gone at least this many loops before the leak
 SLOW_REQUEST_S = 0.8   # order requests are slow but answered (within the client timeout)
 RSS_GUARD_MB = 1500    # the harness ends a bot that leaks this far (nobody else did)
+MANAGER_DEAD_STARTUP_S = 8.0  # the watchdog gives up on a restart after this
 
 
 def manager_dead_flatten(ctx: Ctx) -> Injection:
     s = ctx.system
-    hb = poll(lambda: (h := s.heartbeat()) and h.seq >= MANAGER_DIES_AT and h, HOLD_TIMEOUT)
-    if hb is None or hb.seq >= LEAK_AT_LOOP - 4:
+    hb = s.heartbeat()
+    if hb is None or hb.seq >= LEAK_AT_LOOP - LEAK_MARGIN:
         raise RuntimeError(f"the bot's loop count ({hb.seq if hb else None}) is no good for "
                            f"killing supervisord before the leak at loop {LEAK_AT_LOOP}")
     bot = hb.pid
@@ -206,7 +207,10 @@ def manager_dead_flatten(ctx: Ctx) -> Injection:
                 guard.append(f"the harness SIGKILLed the bot at {rss:.0f} MB")
         return emergency_finished(s)
 
-    poll(watch, FLATTEN_TIMEOUT)
+    if not poll(lambda: failpoints_consumed(s), 60):
+        raise RuntimeError(f"the leak armed for loop {LEAK_AT_LOOP} never fired")
+    # the leak, the limit, a restart that cannot happen, the startup allowance, the flatten
+    em = poll(watch, FLATTEN_TIMEOUT)
     s.clear_faults()
 
     def two_sellers() -> list[Violation]:
@@ -223,8 +227,10 @@ def manager_dead_flatten(ctx: Ctx) -> Injection:
     extra = two_sellers()
     if alive(bot):  # the attack is over: a leaking bot must not outlive the scenario
         os.kill(bot, signal.SIGKILL)
+        guard.append(f"the bot (pid {bot}) was still alive at the end: the harness SIGKILLed it")
+    # a flatten that only starts because the harness ended the bot does not count
     return finish_flatten(s, t0, notes=[f"supervisord SIGKILLed; the bot held {held}", *guard],
-                          extra=lambda: extra)
+                          extra=lambda: extra, timeout=FLATTEN_TIMEOUT if em else 0.0)
 
 
 # --- A18: kill --flatten while order requests take 8 s -------------------------------------
@@ -250,9 +256,11 @@ def slow_exit_flatten(ctx: Ctx) -> Injection:
     is_flat = flat(s)
     notes = [f"the bot held {held}", f"watchdog emergency: {em.get('state', 'none')} "
              f"{em.get('detail', '')}".strip(), f"flat after the held requests landed: {is_flat}"]
-    windows = [Window(t0, None, "flatten")]
+    # a request already on the wire when a window opened reaches the exchange up to
+    # SLOW_ORDER_S later: the windows open that much later
+    windows = [Window(t0 + SLOW_ORDER_S, None, "flatten")]
     if em.get("started_at"):
-        windows.append(Window(float(em["started_at"]), None, "emergency"))
+        windows.append(Window(float(em["started_at"]) + SLOW_ORDER_S, None, "emergency"))
     return Injection(t0, time.time() if end and is_flat else None,
                      expect_kinds=["kill."], kill_windows=windows, flattened=True,
                      note="; ".join(notes), violations=flatten_verdict(s, em))
@@ -414,7 +422,8 @@ ATTACKS = [
              "slow order requests; the watchdog must end the bot itself before it sells.",
              manager_dead_flatten, own_system=True,
              system={"restart_budget": 1, "memory_limit_mb": 150,
-                     "failpoints": f"memory=leak:5@{LEAK_AT_LOOP}"}),
+                     "startup_timeout_s": MANAGER_DEAD_STARTUP_S,
+                     "failpoints": f"memory=leak:10@{LEAK_AT_LOOP}"}),
     Scenario("slow-exit-flatten", f"A18: `tradeguard kill --flatten` while order requests take "
              f"{SLOW_ORDER_S:g} s; nothing sold twice, nothing unrecorded left.", slow_exit_flatten,
              own_system=True),

@@ -122,3 +122,9 @@ def flat(s: System) -> bool:
     return all(float((bal.get(a) or {}).get("total", 0) if isinstance(bal.get(a), dict)
                      else bal.get(a) or 0) - float(start.get(a, 0)) - s.owner.get(a, 0.0) <= d
                for a, d in DUST.items())
+
+
+def failpoints_consumed(s: System) -> bool:
+    """Every one-shot failpoint armed in data/FAILPOINTS has fired."""
+    p = s.paths.data_dir / "FAILPOINTS"
+    return not p.exists() or not p.read_text().strip()

@@ -9,8 +9,9 @@ import signal
 import time
 
 from chaos.attacks import ATTACKS
-from chaos.base import (RECOVERY_TIMEOUT, Ctx, Injection, Scenario, emergency_done, flat,
-                        kill_at, kill_bot, kill_state, let_run, recovered_after, tg)
+from chaos.base import (RECOVERY_TIMEOUT, Ctx, Injection, Scenario, emergency_done,
+                        failpoints_consumed, flat, kill_at, kill_bot, kill_state, let_run,
+                        recovered_after, tg)
 from chaos.invariants import Window
 from chaos.system import System, poll
 
@@ -28,18 +29,13 @@ CRASH_POINTS = ("orders.after_intent", "orders.before_submit", "orders.after_sub
                 "orders.after_ack")
 
 
-def _failpoints_consumed(s: System) -> bool:
-    p = s.paths.data_dir / "FAILPOINTS"
-    return not p.exists() or not p.read_text().strip()
-
-
 def _failpoint_restart(ctx: Ctx, spec: str, kinds: list[str]) -> Injection:
     """Arm a one-shot failpoint, restart the bot so it reads it, and time the recovery from
     the moment it fires (the bot removes it from the file right before acting)."""
     s = ctx.system
     s.write_failpoints(spec)
     os.kill(s.bot_pid(), signal.SIGKILL)
-    if not poll(lambda: _failpoints_consumed(s), 40):
+    if not poll(lambda: failpoints_consumed(s), 40):
         s.clear_failpoints()
         return Injection(time.time(), None, kinds, note=f"{spec}: never fired")
     t0 = time.time()
