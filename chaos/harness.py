@@ -31,6 +31,7 @@ class Outcome:
     violations: list[dict] = field(default_factory=list)
     note: str = ""
     blackbox: list[dict] = field(default_factory=list)  # excerpt kept for failures
+    took_s: float | None = None  # wall time of the whole injection, its own system's start included
 
     @property
     def failed(self) -> bool:
@@ -160,6 +161,7 @@ def run(names: Iterable[str], iterations: int, seed: int, workdir: Path | None,
 
     try:
         for n, (mode, scenario, i) in enumerate(plan, 1):
+            began = time.monotonic()
             try:
                 if scenario.needs_root and os.geteuid() != 0:
                     raise RuntimeError("this scenario mounts a tmpfs data dir: run it as root")
@@ -171,6 +173,7 @@ def run(names: Iterable[str], iterations: int, seed: int, workdir: Path | None,
                 o = run_one(system, scenario, i, seed, mode, quick)
                 if scenario.own_system:
                     system.stop()
+            o.took_s = round(time.monotonic() - began, 1)
             outcomes.append(o)
             on_outcome(o, n, len(plan))
     finally:
