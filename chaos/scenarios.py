@@ -13,7 +13,7 @@ from chaos.base import (RECOVERY_TIMEOUT, Ctx, Injection, Scenario, emergency_do
                         failpoints_consumed, flat, kill_at, kill_bot, kill_state, let_run,
                         recovered_after, tg)
 from chaos.invariants import Window
-from chaos.system import System, poll
+from chaos.system import poll
 
 __all__ = ["SCENARIOS", "Ctx", "Injection", "Scenario"]
 
@@ -127,11 +127,11 @@ def crash_loop(ctx: Ctx) -> Injection:
     ctx.trade_for(3.0, 5.0)
     s.write_failpoints("startup=crash*")  # '*' keeps it: the bot crashes on every start
     pid, t0 = kill_bot(s, signal.SIGKILL)
-    flat = poll(lambda: kill_state(s) == "flatten" and emergency_done(s), 90)
+    done = poll(lambda: kill_state(s) == "flatten" and emergency_done(s), 90)
     s.clear_failpoints()
-    rec = time.time() if flat else None
-    windows = [Window(kill_at(s), None, "flatten")] if flat else []
-    return Injection(t0, rec, expect_kinds=["emergency.", "kill."], flattened=bool(flat),
+    rec = time.time() if done else None
+    windows = [Window(kill_at(s), None, "flatten")] if done else []
+    return Injection(t0, rec, expect_kinds=["emergency.", "kill."], flattened=bool(done),
                      kill_windows=windows)
 
 

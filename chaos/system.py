@@ -217,8 +217,15 @@ class System:
         for pid in list(self.strangers):
             _kill_quietly(pid)
         self.strangers.clear()
-        if self.data_tmpfs_mb and os.path.ismount(self.root / "data"):
-            subprocess.run(["umount", "-l", str(self.root / "data")], capture_output=True, timeout=10)
+        data = self.root / "data"
+        if self.data_tmpfs_mb and os.path.ismount(data):
+            # keep what was on the tmpfs for --keep and the report's readers, then unmount
+            try:
+                shutil.copytree(data, self.root / "data.kept", symlinks=True, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("*.sock"))
+            except (shutil.Error, OSError):
+                pass  # a copy for inspection only
+            subprocess.run(["umount", "-l", str(data)], capture_output=True, timeout=10)
 
     @staticmethod
     def _signal_session(sid: int, sig: int) -> None:
