@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from typing import Any, Callable
 
@@ -274,7 +275,10 @@ FORGERY_WATCH_S = FORGERY_STARTUP_S + 5.0  # a restart "to" the stranger fails a
 def start_stranger(s: System) -> None:
     """A harmless process of our own, started before the system so that it is older than the
     watchdog's startup allowance by the time its pid is forged into bot.pid."""
-    s.strangers.append(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
+    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    # a parent that reaps it, like any process's: a signalled stranger does not linger as a zombie
+    threading.Thread(target=proc.wait, name="stranger-reaper", daemon=True).start()
+    s.strangers.append(proc.pid)
 
 
 def pid_forgery(ctx: Ctx) -> Injection:
