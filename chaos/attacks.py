@@ -104,7 +104,7 @@ def finish_flatten(s: System, t0: float, *, notes: list[str],
     s.clear_failpoints()
     done_flat = bool(em and em.get("state") == "done" and not bot_holds(s))
     notes.append(f"flatten {em.get('state')}: {em.get('detail', '')}" if em
-                 else f"no flatten outcome within {FLATTEN_TIMEOUT:g} s")
+                 else "no flatten outcome" + (f" within {timeout:g} s" if timeout else ""))
     return Injection(t0, time.time() if done_flat else None, expect_kinds=["emergency.", "kill."],
                      kill_windows=emergency_window(s), flattened=True, note="; ".join(notes),
                      violations=flatten_verdict(s, em) + extra(), state_lost_at=lost_at)
@@ -258,10 +258,11 @@ def slow_exit_flatten(ctx: Ctx) -> Injection:
     notes = [f"the bot held {held}", f"watchdog emergency: {em.get('state', 'none')} "
              f"{em.get('detail', '')}".strip(), f"flat after the held requests landed: {is_flat}"]
     # a request already on the wire when a window opened reaches the exchange up to
-    # SLOW_ORDER_S later: the windows open that much later
-    windows = [Window(t0 + SLOW_ORDER_S, None, "flatten")]
+    # SLOW_ORDER_S (and the time to serve it) later: the windows open that much later
+    on_the_wire = SLOW_ORDER_S + 1.0
+    windows = [Window(t0 + on_the_wire, None, "flatten")]
     if em.get("started_at"):
-        windows.append(Window(float(em["started_at"]) + SLOW_ORDER_S, None, "emergency"))
+        windows.append(Window(float(em["started_at"]) + on_the_wire, None, "emergency"))
     return Injection(t0, time.time() if end and is_flat else None,
                      expect_kinds=["kill."], kill_windows=windows, flattened=True,
                      note="; ".join(notes), violations=flatten_verdict(s, em))
@@ -322,7 +323,7 @@ def pid_forgery(ctx: Ctx) -> Injection:
 
 
 # --- A5: watchdog SIGSTOPped, then the bot hangs ----------------------------------------------
-WATCHDOG_HANG_BOUND_S = 20.0
+WATCHDOG_HANG_BOUND_S = 30.0  # the issue saw nothing happen in 30 s
 
 
 def watchdog_hang(ctx: Ctx) -> Injection:
