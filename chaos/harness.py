@@ -2,6 +2,7 @@
 collects the outcomes for the report."""
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
@@ -11,7 +12,8 @@ from typing import Callable, Iterable
 
 from chaos import invariants
 from chaos.invariants import CheckInput, Violation, Window
-from chaos.scenarios import SCENARIOS, Ctx, Injection, Scenario
+from chaos.base import Ctx, Injection, Scenario
+from chaos.scenarios import SCENARIOS
 from chaos.system import System, poll
 
 QUIESCE_TIMEOUT = 30.0
@@ -29,6 +31,7 @@ class Outcome:
     violations: list[dict] = field(default_factory=list)
     note: str = ""
     blackbox: list[dict] = field(default_factory=list)  # excerpt kept for failures
+    took_s: float | None = None  # wall time of the whole injection, its own system's start included
 
     @property
     def failed(self) -> bool:
@@ -69,14 +72,16 @@ def quiesce(system: System) -> Window | None:
     return Window(t0, None, "halt")
 
 
-def check_system(system: System, kill_windows: list[Window], flattened: bool) -> list[Violation]:
+def check_system(system: System, kill_windows: list[Window], flattened: bool,
+                 state_lost_at: float | None = None) -> list[Violation]:
     cfg = system.cfg
     inp = CheckInput(ledger=system.ledger(), balances=system.balances(),
                      state_db=system.paths.state_db, bot_id=cfg.bot.bot_id,
                      start_balances=dict(cfg.paper.start_balances),
                      max_position=dict(cfg.risk.max_position),
                      max_orders_per_minute=cfg.risk.max_orders_per_minute,
-                     kill_windows=kill_windows, flattened=flattened)
+                     kill_windows=kill_windows, flattened=flattened, owner=dict(system.owner),
+                     state_lost_at=state_lost_at)
     return invariants.check(inp)
 
 
@@ -96,6 +101,8 @@ def run_one(system: System, scenario: Scenario, iteration: int, seed: int, mode:
                   note=inj.note)
     if mode == "baseline":
         return out
+    # what the scenario itself saw break while the fault was on (checked at that moment)
+    out.violations += [asdict(v) for v in inj.violations]
     windows = list(inj.kill_windows)
     if not inj.flattened:
         halt = quiesce(system)
@@ -104,7 +111,7 @@ def run_one(system: System, scenario: Scenario, iteration: int, seed: int, mode:
                                                    "reconcile within the deadline")))
         else:
             windows.append(halt)
-    violations = check_system(system, windows, inj.flattened)
+    violations = check_system(system, windows, inj.flattened, inj.state_lost_at)
     events = blackbox_events(system, inj.injected_at - 1.0)
     missing = invariants.explained(events, inj.expect_kinds)
     if missing:
@@ -134,8 +141,11 @@ def run(names: Iterable[str], iterations: int, seed: int, workdir: Path | None,
 
     def system_for(mode: str, scenario: Scenario) -> System:
         if scenario.own_system:
-            s = System.create(workdir, seed, restart_budget=2, watchdog=mode == "watchdog")
+            kw = {"restart_budget": 2, **scenario.system}
+            s = System.create(workdir, seed, watchdog=mode == "watchdog", **kw)
             systems.append(s)
+            if scenario.prepare:
+                scenario.prepare(s)
             s.start()
             return s
         s = shared.get(mode)
@@ -151,7 +161,10 @@ def run(names: Iterable[str], iterations: int, seed: int, workdir: Path | None,
 
     try:
         for n, (mode, scenario, i) in enumerate(plan, 1):
+            began = time.monotonic()
             try:
+                if scenario.needs_root and os.geteuid() != 0:
+                    raise RuntimeError("this scenario mounts a tmpfs data dir: run it as root")
                 system = system_for(mode, scenario)
             except RuntimeError as e:
                 o = Outcome(scenario.name, i, f"{seed}:{scenario.name}:{i}", mode, time.time(),
@@ -160,6 +173,7 @@ def run(names: Iterable[str], iterations: int, seed: int, workdir: Path | None,
                 o = run_one(system, scenario, i, seed, mode, quick)
                 if scenario.own_system:
                     system.stop()
+            o.took_s = round(time.monotonic() - began, 1)
             outcomes.append(o)
             on_outcome(o, n, len(plan))
     finally:

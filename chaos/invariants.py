@@ -22,7 +22,9 @@ class Violation:
 
 @dataclass
 class Window:
-    """A period during which the kill switch was engaged (unix seconds)."""
+    """A period during which the kill switch was engaged (unix seconds). ``mode`` is the kill
+    switch's ``halt`` or ``flatten``, or ``emergency``: the watchdog carries the flatten out,
+    and only its own exit orders (``tg-<bot_id>-x…``) may reach the exchange."""
 
     start: float
     end: float | None
@@ -41,6 +43,11 @@ class CheckInput:
     kill_windows: list[Window] = field(default_factory=list)
     flattened: bool = False
     since: float = 0.0
+    # coins the owner holds in the account outside the bot (deposited at system start)
+    owner: dict[str, float] = field(default_factory=dict)
+    # when the scenario destroyed state.db on purpose: orders placed before it cannot be in
+    # the new file, and its positions start over (the exchange remains the truth)
+    state_lost_at: float | None = None
 
 
 def _ro(path: Path) -> sqlite3.Connection:
@@ -88,13 +95,17 @@ def check(inp: CheckInput) -> list[Violation]:
         return out + [Violation("state-db-readable", f"state.db cannot be read: {e}")]
     if integrity != "ok":
         out.append(Violation("state-db-integrity", str(integrity)[:200]))
-    missing = [o["clientOrderId"] for o in orders if o["clientOrderId"] not in known_orders]
+    lost = inp.state_lost_at
+    recordable = [o for o in orders if lost is None or _f(o.get("time")) / 1000.0 > lost]
+    recordable_ids = {o["clientOrderId"] for o in recordable}
+    missing = [o["clientOrderId"] for o in recordable if o["clientOrderId"] not in known_orders]
     if missing:
         out.append(Violation("orders-recorded", f"exchange orders missing from state.db: {missing[:5]}"))
-    missing_f = [str(f.get("id")) for f in fills if str(f.get("id")) not in known_fills]
+    missing_f = [str(f.get("id")) for f in fills if f.get("clientOrderId") in recordable_ids
+                 and str(f.get("id")) not in known_fills]
     if missing_f:
         out.append(Violation("fills-recorded", f"exchange fills missing from state.db: {missing_f[:5]}"))
-    for o in orders:
+    for o in recordable:
         row = known_orders.get(o["clientOrderId"])
         if row is not None and abs(_f(row["filled"]) - _f(o.get("executedQty"))) > 1e-8 \
                 and o.get("status") in ("FILLED", "CANCELED", "EXPIRED"):
@@ -104,11 +115,15 @@ def check(inp: CheckInput) -> list[Violation]:
     if stuck:
         out.append(Violation("intents-resolved", f"unresolved intents after recovery: {stuck[:5]}"))
 
+    negative = {s: a for s, a in positions.items() if _f(a) < -TOL}
+    if negative:
+        out.append(Violation("no-negative-position", f"state.db positions below zero: {negative}"))
+
     # 3. positions in state.db equal the bot's holdings on the exchange
-    holdings = {a: _f(b.get("total", b) if isinstance(b, dict) else b) - _f(inp.start_balances.get(a))
-                for a, b in inp.balances.items()}
+    totals = {a: _f(b.get("total", b) if isinstance(b, dict) else b) for a, b in inp.balances.items()}
+    holdings = {a: t - _f(inp.start_balances.get(a)) - _f(inp.owner.get(a)) for a, t in totals.items()}
     symbols = {o["symbol"] for o in orders} | {s.replace("/", "") for s in positions}
-    for sym in symbols:
+    for sym in symbols if lost is None else ():
         base = _base(sym)
         held = holdings.get(base, 0.0)
         pos = next((v for k, v in positions.items() if k.replace("/", "") == sym), 0.0)
@@ -117,11 +132,12 @@ def check(inp: CheckInput) -> list[Violation]:
 
     # 4. no bot order while the kill switch was engaged; flat after flatten
     for w in inp.kill_windows:
-        # halt: no bot order at all; flatten: only the exits that close positions. The slack
-        # covers a request already on the wire when the switch was engaged.
+        # halt: no bot order at all; flatten: only the exits that close positions; emergency:
+        # only the watchdog's exits (never two sellers). The slack covers a request already on
+        # the wire when the switch was engaged.
         bad = [o["clientOrderId"] for o in orders
                if f"{prefix}x" not in o["clientOrderId"]
-               and (w.mode == "halt" or o.get("side") == "BUY")
+               and (w.mode in ("halt", "emergency") or o.get("side") == "BUY")
                and w.start + IN_FLIGHT_SLACK_S < _f(o.get("time")) / 1000.0 < (w.end or float("inf"))]
         if bad:
             out.append(Violation("kill-switch-respected",
@@ -131,7 +147,10 @@ def check(inp: CheckInput) -> list[Violation]:
             if asset in DUST and amount > DUST[asset] + TOL:
                 out.append(Violation("flat-after-flatten", f"{asset} still held: {amount}"))
 
-    # 5. risk limits never exceeded (reconstructed from the exchange's fills, in time order)
+    # 5. the owner's own coins are never touched
+    out += owner_intact(fills, totals, inp.start_balances, inp.owner)
+
+    # 6. risk limits never exceeded (reconstructed from the exchange's fills, in time order)
     pos: dict[str, float] = defaultdict(float)
     for f in sorted(fills, key=lambda f: (_f(f.get("time")), str(f.get("id")))):
         sym = f["symbol"]
@@ -153,6 +172,46 @@ def check(inp: CheckInput) -> list[Violation]:
             out.append(Violation("order-rate", f"{i - j + 1} orders within 60 s at {t:.0f}"))
             break
     return out
+
+
+def bot_net(fills: list[dict]) -> tuple[dict[str, float], list[str]]:
+    """The bot's net holding of each base asset from its fills on the exchange (bought minus
+    fees paid in it minus sold), and the moments (in fill order) it sold more than it had."""
+    net: dict[str, float] = defaultdict(float)
+    oversold: list[str] = []
+    for f in sorted(fills, key=lambda f: (_f(f.get("time")), str(f.get("id")))):
+        base = _base(str(f["symbol"]))
+        qty = _f(f.get("qty"))
+        if f.get("side") == "BUY":
+            net[base] += qty - (_f(f.get("commission")) if f.get("commissionAsset") == base else 0.0)
+        else:
+            net[base] -= qty
+            if net[base] < -max(TOL, 1e-9 * qty):
+                oversold.append(f"{f.get('clientOrderId')} sold {qty:g} {base}, "
+                                f"{-net[base]:g} more than the bot had bought")
+    return dict(net), oversold
+
+
+def owner_intact(fills: list[dict], totals: dict[str, float], start: dict[str, float],
+                 owner: dict[str, float]) -> list[Violation]:
+    """The bot (every ``tg-<bot_id>-`` order, the watchdog's emergency exits included) never
+    sold more of a coin than it bought, and the owner's own coins are all still there."""
+    out: list[Violation] = []
+    net, oversold = bot_net(fills)
+    if oversold:
+        out.append(Violation("bot-sold-only-its-own", "; ".join(oversold[:3])))
+    short = {a: round(_f(start.get(a)) + amt - totals.get(a, 0.0), 10) for a, amt in owner.items()
+             if totals.get(a, 0.0) + TOL < _f(start.get(a)) + amt}
+    if short:
+        out.append(Violation("owner-coins-intact", "the owner's own coins are short by "
+                             + ", ".join(f"{v:g} {a}" for a, v in sorted(short.items()))))
+    return out
+
+
+def flat_of_bot_coins(fills: list[dict], dust: dict[str, float] = DUST) -> dict[str, float]:
+    """What the bot still holds (from its fills on the exchange) above dust, per asset."""
+    net, _ = bot_net(fills)
+    return {a: v for a, v in net.items() if v > dust.get(a, TOL) + TOL}
 
 
 def explained(events: Iterable[dict], kinds: Iterable[str]) -> list[str]:

@@ -3,82 +3,24 @@ reports when it was injected and when (if) the system recovered; the harness che
 invariants afterwards."""
 from __future__ import annotations
 
+import json
 import os
-import random
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
+from chaos.attacks import ATTACKS
+from chaos.base import (RECOVERY_TIMEOUT, Ctx, Injection, Scenario, emergency_done,
+                        failpoints_consumed, flat, kill_at, kill_bot, kill_state, let_run,
+                        recovered_after, tg)
 from chaos.invariants import Window
-from chaos.system import System, poll
+from chaos.system import poll
+
+__all__ = ["SCENARIOS", "Ctx", "Injection", "Scenario"]
 
 
-@dataclass
-class Injection:
-    injected_at: float
-    recovered_at: float | None
-    expect_kinds: list[str] = field(default_factory=list)
-    kill_windows: list[Window] = field(default_factory=list)
-    flattened: bool = False
-    note: str = ""
-
-
-@dataclass
-class Ctx:
-    system: System
-    rng: random.Random
-    quick: bool  # smoke mode: shorter waits
-
-    def trade_for(self, lo: float, hi: float) -> None:
-        """Let the bot trade for a random while (seeded) before the fault."""
-        let_run(self.rng.uniform(lo, hi) * (0.5 if self.quick else 1.0))
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    description: str
-    run: Callable[[Ctx], Injection]
-    baseline: bool = False       # also meaningful against plain supervisord
-    own_system: bool = False     # needs a fresh system (it ends in an emergency)
-
-
-RECOVERY_TIMEOUT = 30.0
-
-
-def let_run(seconds: float) -> None:
-    """Let the system run for ``seconds`` (the bot keeps trading; this picks the moment)."""
-    time.sleep(max(0.0, seconds))
-
-
-def recovered_after(system: System, t0: float, *, pid_not: int | None = None,
-                    timeout: float = RECOVERY_TIMEOUT) -> float | None:
-    """Time a healthy running heartbeat (from a new pid if given) appeared after ``t0``."""
-    hb = poll(lambda: system.healthy_heartbeat(newer_than=t0, pid_not=pid_not), timeout)
-    if hb is None:
-        return None
-    base = hb.seq
-    # progress, not just a fresh file: seq must advance
-    ok = poll(lambda: (h := system.healthy_heartbeat(newer_than=t0)) and h.seq > base and h, 10)
-    return time.time() if ok else None
-
-
-def _kill_bot(system: System, sig: int) -> tuple[int, float]:
-    pid = system.bot_pid()
-    if pid is None:
-        raise RuntimeError("no bot pid")
-    t0 = time.time()
-    os.kill(pid, sig)
-    return pid, t0
-
-
-# --- scenarios ---------------------------------------------------------------------------
 def bot_sigkill(ctx: Ctx) -> Injection:
     ctx.trade_for(1.0, 4.0)
-    pid, t0 = _kill_bot(ctx.system, signal.SIGKILL)
+    pid, t0 = kill_bot(ctx.system, signal.SIGKILL)
     return Injection(t0, recovered_after(ctx.system, t0, pid_not=pid),
                      expect_kinds=["watchdog.verdict", "watchdog.restart"])
 
@@ -87,18 +29,13 @@ CRASH_POINTS = ("orders.after_intent", "orders.before_submit", "orders.after_sub
                 "orders.after_ack")
 
 
-def _failpoints_consumed(s: System) -> bool:
-    p = s.paths.data_dir / "FAILPOINTS"
-    return not p.exists() or not p.read_text().strip()
-
-
 def _failpoint_restart(ctx: Ctx, spec: str, kinds: list[str]) -> Injection:
     """Arm a one-shot failpoint, restart the bot so it reads it, and time the recovery from
     the moment it fires (the bot removes it from the file right before acting)."""
     s = ctx.system
     s.write_failpoints(spec)
     os.kill(s.bot_pid(), signal.SIGKILL)
-    if not poll(lambda: _failpoints_consumed(s), 40):
+    if not poll(lambda: failpoints_consumed(s), 40):
         s.clear_failpoints()
         return Injection(time.time(), None, kinds, note=f"{spec}: never fired")
     t0 = time.time()
@@ -167,7 +104,7 @@ def rate_limit_storm(ctx: Ctx) -> Injection:
 
 def bot_hang(ctx: Ctx) -> Injection:
     ctx.trade_for(1.0, 3.0)
-    pid, t0 = _kill_bot(ctx.system, signal.SIGSTOP)
+    pid, t0 = kill_bot(ctx.system, signal.SIGSTOP)
     # quick mode: long enough for the watchdog (timeout + grace + restart), short for baseline
     rec = recovered_after(ctx.system, t0, pid_not=pid, timeout=15.0 if ctx.quick else RECOVERY_TIMEOUT)
     try:  # if nothing killed it (baseline), let it go again
@@ -189,46 +126,13 @@ def crash_loop(ctx: Ctx) -> Injection:
     s = ctx.system
     ctx.trade_for(3.0, 5.0)
     s.write_failpoints("startup=crash*")  # '*' keeps it: the bot crashes on every start
-    pid, t0 = _kill_bot(s, signal.SIGKILL)
-    flat = poll(lambda: _kill_state(s) == "flatten" and _emergency_done(s), 90)
+    pid, t0 = kill_bot(s, signal.SIGKILL)
+    done = poll(lambda: kill_state(s) == "flatten" and emergency_done(s), 90)
     s.clear_failpoints()
-    rec = time.time() if flat else None
-    windows = [Window(_kill_at(s), None, "flatten")] if flat else []
-    return Injection(t0, rec, expect_kinds=["emergency.", "kill."], flattened=bool(flat),
+    rec = time.time() if done else None
+    windows = [Window(kill_at(s), None, "flatten")] if done else []
+    return Injection(t0, rec, expect_kinds=["emergency.", "kill."], flattened=bool(done),
                      kill_windows=windows)
-
-
-def _kill_at(s: System) -> float:
-    import json
-
-    return float(json.loads(s.paths.kill_file.read_text()).get("at", time.time()))
-
-
-def _kill_state(s: System) -> str | None:
-    import json
-
-    try:
-        return json.loads(s.paths.kill_file.read_text())["mode"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _emergency_done(s: System) -> bool:
-    import json
-
-    try:
-        st = json.loads(s.paths.watchdog_state.read_text())
-        return st.get("emergency", {}).get("state") == "done"
-    except (OSError, ValueError):
-        return False
-
-
-def _tg(s: System, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tradeguard", *args, "--data-dir",
-                           str(s.paths.data_dir), "--logs-dir", str(s.paths.logs_dir)],
-                          capture_output=True, text=True, timeout=30, env={
-                              k: v for k, v in os.environ.items()
-                              if not k.startswith("TRADEGUARD_")})
 
 
 def kill_switch(ctx: Ctx) -> Injection:
@@ -239,38 +143,28 @@ def kill_switch(ctx: Ctx) -> Injection:
     t0 = time.time()
     if via == "cli":
         args = ["kill", "--reason", "chaos"] + (["--flatten"] if mode == "flatten" else [])
-        r = _tg(s, *args)
+        r = tg(s, *args)
         if r.returncode != 0:
             raise RuntimeError(f"tradeguard kill failed: {r.stderr.strip()}")
     else:
-        import json
-
         tmp = s.paths.kill_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"mode": mode, "reason": "chaos (file)", "at": t0, "by": "chaos"}))
         os.replace(tmp, s.paths.kill_file)
     # the switch is engaged from the moment the kill file says, not from when the CLI started
     # (its interpreter takes a second to get there, and the bot trades on meanwhile)
-    t0 = _kill_at(s)
+    t0 = kill_at(s)
     state_ok = poll(lambda: (hb := s.heartbeat()) and hb.ts > t0 and hb.state == "safe"
-                    and (mode == "halt" or _flat(s)), 30)
+                    and (mode == "halt" or flat(s)), 30)
     t_done = time.time() if state_ok else None
     let_run(1.0)
     t_release = time.time()
-    r = _tg(s, "resume")
+    r = tg(s, "resume")
     if r.returncode != 0:
         raise RuntimeError(f"tradeguard resume failed: {r.stderr.strip()}")
     rec = recovered_after(s, t_release)
     return Injection(t0, t_done if rec else None, expect_kinds=["kill."],
                      kill_windows=[Window(t0, t_release, mode)], flattened=False,
                      note=f"{mode} via {via}")
-
-
-def _flat(s: System) -> bool:
-    from chaos.invariants import DUST
-
-    bal = s.balances()
-    return all(float((bal.get(a) or {}).get("total", 0) if isinstance(bal.get(a), dict)
-                     else bal.get(a) or 0) <= d for a, d in DUST.items())
 
 
 def state_corruption(ctx: Ctx) -> Injection:
@@ -303,8 +197,6 @@ def watchdog_sigkill(ctx: Ctx) -> Injection:
     os.kill(wd, signal.SIGKILL)
 
     def reattached() -> bool:
-        import json
-
         st = json.loads(s.paths.watchdog_state.read_text())
         return st.get("pid") not in (None, wd) and st.get("ts", 0) > t0 and st.get("verdict") == "healthy"
 
@@ -334,7 +226,7 @@ def sigterm(ctx: Ctx) -> Injection:
 
     s = ctx.system
     ctx.trade_for(1.0, 3.0)
-    pid, t0 = _kill_bot(s, signal.SIGTERM)
+    pid, t0 = kill_bot(s, signal.SIGTERM)
     try:
         psutil.Process(pid).wait(12)
     except psutil.NoSuchProcess:
@@ -374,4 +266,5 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              "restarting the bot.", watchdog_sigkill),
     Scenario("exchange-restart", "Restart the paper exchange mid-trade.", exchange_restart),
     Scenario("sigterm", "SIGTERM the bot under load: it must exit cleanly within 10 s.", sigterm),
+    *ATTACKS,
 ]}

@@ -7,7 +7,9 @@ import copy
 
 import pytest
 
-from chaos.invariants import CheckInput, Window, check
+import sqlite3
+
+from chaos.invariants import CheckInput, Window, bot_net, check, flat_of_bot_coins
 from resilience.crypto import FieldCipher
 from resilience.state import Fill, NewOrder, StateStore
 
@@ -119,3 +121,82 @@ def test_integrity_and_unresolved_intents(db, tmp_path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all" * 100)
     assert names(check(_input(junk))) & {"state-db-readable", "state-db-integrity"}
+
+
+# --- the owner's own coins (issue #16) -------------------------------------------------------
+OWNER = {"BTC": 0.02, "ETH": 0.5}
+
+
+def _owner_balances(btc: float) -> dict:
+    return {"USDT": {"total": 9640.0}, "BTC": {"total": btc}, "ETH": {"total": 1.5}}
+
+
+def _emergency_sell(qty: str, t: float = T0 + 8) -> tuple[dict, dict]:
+    order = {"symbol": "BTCUSDT", "orderId": 4, "clientOrderId": "tg-tg1-x4", "side": "SELL",
+             "type": "MARKET", "status": "FILLED", "price": "0", "origQty": qty,
+             "executedQty": qty, "time": int(t * 1000)}
+    fill = {"id": 14, "orderId": 4, "clientOrderId": "tg-tg1-x4", "symbol": "BTCUSDT",
+            "side": "SELL", "price": "61000", "qty": qty, "commission": "0.1",
+            "commissionAsset": "USDT", "time": int(t * 1000)}
+    return order, fill
+
+
+def test_owner_coins_beside_the_bot_pass(db) -> None:
+    assert check(_input(db, balances=_owner_balances(0.026), owner=OWNER)) == []
+
+
+def test_owner_coins_short(db) -> None:
+    got = check(_input(db, balances=_owner_balances(0.016), owner=OWNER))
+    assert "owner-coins-intact" in names(got)
+    assert "0.004 BTC" in next(v.detail for v in got if v.invariant == "owner-coins-intact")
+
+
+def test_emergency_sell_of_more_than_the_bot_bought(db) -> None:
+    led = _ledger()
+    order, fill = _emergency_sell("0.01")  # the bot holds 0.006: 0.004 of it is the owner's
+    led["orders"].append(order)
+    led["fills"].append(fill)
+    got = names(check(_input(db, led, balances=_owner_balances(0.016), owner=OWNER)))
+    assert {"bot-sold-only-its-own", "owner-coins-intact"} <= got
+
+
+def test_bot_net_counts_fees_paid_in_the_coin() -> None:
+    fills = [{"id": 1, "clientOrderId": "tg-tg1-1", "symbol": "ETHUSDT", "side": "BUY", "qty": "1",
+              "commission": "0.001", "commissionAsset": "ETH", "time": 1},
+             {"id": 2, "clientOrderId": "tg-tg1-2", "symbol": "ETHUSDT", "side": "SELL",
+              "qty": "1", "commission": "0", "commissionAsset": "USDT", "time": 2}]
+    net, oversold = bot_net(fills)
+    assert net["ETH"] < 0 and oversold  # it received 0.999 and sold 1: 0.001 was the owner's
+    assert flat_of_bot_coins(fills[:1]) == {"ETH": 0.999}
+
+
+def test_bot_sells_during_the_watchdogs_flatten(db) -> None:
+    # the bot's own sell (tg-tg1-2 at T0+5) while the watchdog flattens: two sellers
+    emergency = [Window(T0 + 3, None, "emergency")]
+    assert "kill-switch-respected" in names(check(_input(db, kill_windows=emergency)))
+    led = _ledger()
+    order, fill = _emergency_sell("0.006")
+    led["orders"].append(order)
+    led["fills"].append(fill)
+    late = [Window(T0 + 6, None, "emergency")]  # only the watchdog's exit after it: fine
+    assert "kill-switch-respected" not in names(check(_input(db, led, kill_windows=late)))
+
+
+def test_negative_position_in_state_db(db) -> None:
+    con = sqlite3.connect(db)
+    con.execute("UPDATE positions SET amount = -0.001 WHERE symbol = 'BTC/USDT'")
+    con.commit()
+    con.close()
+    assert "no-negative-position" in names(check(_input(db)))
+
+
+def test_orders_before_a_deliberate_state_loss_are_exempt(db) -> None:
+    led = _ledger()
+    lost = copy.deepcopy(led["orders"][0])
+    lost.update(orderId=5, clientOrderId="tg-tg1-5", time=int((T0 + 2) * 1000))
+    led["orders"].append(lost)
+    assert "orders-recorded" in names(check(_input(db, led)))
+    assert "orders-recorded" not in names(check(_input(db, led, state_lost_at=T0 + 3)))
+    later = dict(lost, orderId=6, clientOrderId="tg-tg1-6", time=int((T0 + 4) * 1000))
+    led["orders"].append(later)
+    assert "orders-recorded" in names(check(_input(db, led, state_lost_at=T0 + 3)))
