@@ -23,6 +23,7 @@ from tradeguard.runner import default_programs, supervisor_rpc, write_supervisor
 FAST_CONFIG = """
 [exchange]
 timeout_ms = 1000
+recv_window_ms = 2000
 
 [paper]
 port = {paper_port}
@@ -34,7 +35,7 @@ seed = {seed}
 loop_interval_s = 0.25
 tick_deadline_s = 1.5
 reconcile_interval_s = 2.0
-unknown_grace_s = 1.5
+unknown_grace_s = 1.0
 strategy_params = {{ interval_s = 1.0, limit_ttl_s = 3.0 }}
 
 [resilience]
