@@ -14,9 +14,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from paper_exchange import apierrors
 from paper_exchange.book import ASK, BID, Book, BookSettings
@@ -91,7 +92,10 @@ class Engine:
         self._order_ids = itertools.count(max(self.orders, default=1_000_000) + 1)
         self._trade_ids = itertools.count(max((f.trade_id for f in self.fills), default=5_000_000) + 1)
         self._client_ids = itertools.count(1)
-        with store.transaction():
+        self._dirty_assets: set[str] = set()
+        self._dirty_orders: dict[int, Order] = {}
+        self._new_fills: list[Fill] = []
+        with self._txn():
             if fresh:
                 for asset, amount in settings.start_balances.items():
                     self._set(asset, amount, ZERO)
@@ -99,13 +103,31 @@ class Engine:
                 if symbol not in stored_prices:  # new market: keep its backfilled history
                     store.save_price(symbol, st, st.candles)
 
+    @contextmanager
+    def _txn(self, durable: bool = True) -> Iterator[None]:
+        """One store transaction; the balances, orders and fills changed in it are written once,
+        at its end (a market order walking five levels is a handful of statements)."""
+        try:
+            with self.store.transaction(durable):
+                yield
+                self.store.save_fills(self._new_fills)
+                for o in self._dirty_orders.values():
+                    self.store.save_order(o)
+                for a in self._dirty_assets:
+                    free, locked = self.balances[a]
+                    self.store.save_balance(a, free, locked)
+        finally:
+            self._new_fills.clear()
+            self._dirty_orders.clear()
+            self._dirty_assets.clear()
+
     # --- balances ---------------------------------------------------------------------------
     def _bal(self, asset: str) -> list[Decimal]:
         return self.balances.setdefault(asset, [ZERO, ZERO])
 
     def _set(self, asset: str, free: Decimal, locked: Decimal) -> None:
         self.balances[asset] = [free, locked]
-        self.store.save_balance(asset, free, locked)
+        self._dirty_assets.add(asset)
 
     def _move(self, asset: str, free_delta: Decimal = ZERO, locked_delta: Decimal = ZERO) -> None:
         free, locked = self._bal(asset)
@@ -121,7 +143,7 @@ class Engine:
             free, locked = self._bal(asset)
             if free + amount < 0:
                 raise apierrors.insufficient_balance()
-            with self.store.transaction():
+            with self._txn():
                 self._set(asset, free + amount, locked)
             return free + amount, locked
 
@@ -185,7 +207,7 @@ class Engine:
             else:
                 o.status = "EXPIRED"
                 self.open.pop(o.order_id, None)
-        self.store.save_order(o)
+        self._dirty_orders[o.order_id] = o
         return fills
 
     def place(self, req: OrderRequest) -> tuple[Order, list[Fill]]:
@@ -223,7 +245,7 @@ class Engine:
             if self._bal(order.reserved_asset)[0] < need:
                 raise apierrors.insufficient_balance()
             fills: list[Fill] = []
-            with self.store.transaction():
+            with self._txn():
                 self.orders[order.order_id] = order
                 self.by_client_id[order.client_order_id] = order
                 if working and req.type != "LIMIT_MAKER":
@@ -232,7 +254,7 @@ class Engine:
                     order.reserved = need
                     self._move(order.reserved_asset, -need, need)
                     self.open[order.order_id] = order
-                    self.store.save_order(order)
+                    self._dirty_orders[order.order_id] = order
             return order, fills
 
     def _fill(self, order: Order, price: Decimal, qty: Decimal, *, is_maker: bool, t: int) -> Fill:
@@ -266,8 +288,8 @@ class Engine:
         if order.status == "FILLED":
             self.open.pop(order.order_id, None)
         self.fills.append(fill)
-        self.store.save_fill(fill)
-        self.store.save_order(order)
+        self._new_fills.append(fill)
+        self._dirty_orders[order.order_id] = order
         self.feed.add_trade(order.symbol, price, qty, t)
         self.tape.add(order.symbol, price, qty, t, buyer_maker=(order.side == "BUY") == is_maker)
         return fill
@@ -292,7 +314,7 @@ class Engine:
         self._move(o.reserved_asset, o.reserved, -o.reserved)
         o.reserved, o.status, o.update_time = ZERO, "CANCELED", t
         self.open.pop(o.order_id, None)
-        self.store.save_order(o)
+        self._dirty_orders[o.order_id] = o
         return o
 
     def cancel(self, symbol: str, order_id: int | None, client_order_id: str | None,
@@ -303,7 +325,7 @@ class Engine:
             o = self.find(symbol, order_id, client_order_id)
             if o is None or not o.is_open:
                 raise apierrors.unknown_order()
-            with self.store.transaction():
+            with self._txn():
                 return self._cancel(o, now_ms())
 
     def cancel_all(self, symbol: str, deadline_ms: float | None = None) -> list[Order]:
@@ -314,7 +336,7 @@ class Engine:
             if not orders:
                 raise apierrors.unknown_order()
             t = now_ms()
-            with self.store.transaction():
+            with self._txn():
                 return [self._cancel(o, t) for o in orders]
 
     def open_orders(self, symbol: str | None, *, hidden: bool = False) -> list[Order]:
@@ -365,24 +387,35 @@ class Engine:
         if self._bal(o.reserved_asset)[0] < self._needs(o, plan):
             o.status = "EXPIRED"  # as Binance: a triggered order the account cannot pay expires
             self.open.pop(o.order_id, None)
-            self.store.save_order(o)
+            self._dirty_orders[o.order_id] = o
             return []
         return self._take(o, m, last, plan, t)
 
-    def _match(self, symbol: str, t: int) -> list[Fill]:
-        """Trigger the stops and fill the resting limit orders that ``last`` crosses, best price
-        first, each as much as the crossed levels still hold."""
-        m = MARKETS[symbol]
+    def _due(self, symbol: str) -> tuple[list[Order], list[Order]]:
+        """The stops that ``last`` triggers and the working limit orders it crosses (best price first)."""
         last = self.feed.price(symbol)
-        out: list[Fill] = []
+        stops: list[Order] = []
         crossed: list[Order] = []
-        for o in [o for o in self.open.values() if o.symbol == symbol]:
+        for o in self.open.values():
+            if o.symbol != symbol:
+                continue
             if not o.is_working:
                 if _triggered(o, last):
-                    out += self._trigger(o, m, last, t)
-            elif (o.side == "BUY" and last <= o.price) or (o.side == "SELL" and last >= o.price):
+                    stops.append(o)
+            elif (last <= o.price) if o.side == "BUY" else (last >= o.price):
                 crossed.append(o)
         crossed.sort(key=lambda o: (-o.price if o.side == "BUY" else o.price, o.order_id))
+        return stops, crossed
+
+    def _match(self, symbol: str, due: tuple[list[Order], list[Order]], t: int) -> list[Fill]:
+        """Trigger the due stops, then fill the crossed limit orders, each as much as the crossed
+        levels still hold (in a transaction)."""
+        m = MARKETS[symbol]
+        last = self.feed.price(symbol)
+        stops, crossed = due
+        out: list[Fill] = []
+        for o in stops:
+            out += self._trigger(o, m, last, t)
         for o in crossed:
             if not o.is_open:
                 continue
@@ -392,6 +425,15 @@ class Engine:
                 out.append(self._fill(o, o.price, qty, is_maker=True, t=t))
                 self.book.take(m, last, side, qty)
         return out
+
+    def _step(self, symbols: Iterable[str], t: int) -> list[Fill]:
+        """Match after a price move and persist the prices; fsync only when something filled
+        (a lost price step costs nothing, a lost fill would)."""
+        due = {s: self._due(s) for s in symbols}
+        with self._txn(durable=any(a or b for a, b in due.values())):
+            fills = [f for s, d in due.items() for f in self._match(s, d, t)]
+            self._persist_prices(due, t)
+        return fills
 
     def _persist_prices(self, symbols: Iterable[str], t: int) -> None:
         for s in symbols:
@@ -408,10 +450,7 @@ class Engine:
             for sym, price in prices.items():
                 self.book.moved(sym)
                 self.tape.add(sym, price, self.feed.state[sym].last_qty, t, buyer_maker=bool(t & 1))
-            with self.store.transaction():
-                fills = [f for s in prices for f in self._match(s, t)]
-                self._persist_prices(prices, t)
-            return fills
+            return self._step(prices, t)
 
     def set_price(self, symbol: str, price: Decimal) -> list[Fill]:
         """Jump a price (control API) and fill the limit orders it crosses."""
@@ -421,7 +460,4 @@ class Engine:
             t = now_ms()
             self.feed.set_price(m.id, price, t)
             self.book.moved(m.id)
-            with self.store.transaction():
-                fills = self._match(m.id, t)
-                self._persist_prices([m.id], t)
-            return fills
+            return self._step([m.id], t)

@@ -70,14 +70,23 @@ class Store:
         self.con.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        self.con.execute("BEGIN IMMEDIATE")
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """One atomic write. ``durable=False`` skips the fsync of this commit (WAL, synchronous
+        NORMAL: safe against a crash of the process, not of the machine); the next durable commit
+        syncs it too."""
+        if not durable:
+            self.con.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+            self.con.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+        finally:
+            if not durable:
+                self.con.execute("PRAGMA synchronous=FULL")
 
     # --- loading --------------------------------------------------------------------------
     def load_orders(self) -> list[Order]:
@@ -111,11 +120,12 @@ class Store:
         self.con.execute(f"INSERT OR REPLACE INTO orders({', '.join(_ORDER_COLS)}) "
                          f"VALUES ({', '.join('?' * len(_ORDER_COLS))})", vals)
 
-    def save_fill(self, f: Fill) -> None:
-        vals = [str(getattr(f, c)) if c in _DECIMAL_FILL else int(f.is_maker) if c == "is_maker"
-                else getattr(f, c) for c in _FILL_COLS]
-        self.con.execute(f"INSERT INTO fills({', '.join(_FILL_COLS)}) "
-                         f"VALUES ({', '.join('?' * len(_FILL_COLS))})", vals)
+    def save_fills(self, fills: list[Fill]) -> None:
+        if fills:
+            self.con.executemany(
+                f"INSERT INTO fills({', '.join(_FILL_COLS)}) VALUES ({', '.join('?' * len(_FILL_COLS))})",
+                [[str(getattr(f, c)) if c in _DECIMAL_FILL else int(f.is_maker) if c == "is_maker"
+                  else getattr(f, c) for c in _FILL_COLS] for f in fills])
 
     def save_balance(self, asset: str, free: Decimal, locked: Decimal) -> None:
         self.con.execute("INSERT OR REPLACE INTO balances(asset, free, locked) VALUES (?, ?, ?)",
