@@ -58,7 +58,8 @@ class PaperConfig:
     fee: float = _f(0.001, "Trading fee as a fraction of the notional (0.001 = 0.1%).", min=0, max=0.1)
     fee_asset: str = _f("quote", "Asset the fee is charged in: 'quote' or 'received' (Binance default).",
                         choices=("quote", "received"))
-    slippage: float = _f(0.0005, "Market order slippage as a fraction of the price.", min=0, max=0.1)
+    slippage: float = _f(0.0005, "Half spread: best ask/bid distance from the last price (fraction); "
+                         "market orders then walk the book from there.", min=0, max=0.1)
     start_balances: dict = _f({"USDT": 10000.0}, "Balances of a new paper account.")
     volatility: float = _f(0.001, "Standard deviation of each random-walk price step (fraction).",
                            min=0, max=0.5)
