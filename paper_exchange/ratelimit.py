@@ -42,7 +42,14 @@ def weight(method: str, path: str, params: Mapping[str, str]) -> int:
         return w
     pair = _ONE_OR_ALL.get((method, path))
     if pair is not None:
-        return pair[0] if params.get("symbol") else pair[1]
+        if params.get("symbol"):
+            return pair[0]
+        if params.get("symbols"):  # a list: 24hr weighs 2 per <= 20 symbols (40 to 100), the others 4
+            if path.endswith("24hr"):
+                n = params["symbols"].count(",") + 1
+                return 2 if n <= 20 else 40 if n <= 100 else 80
+            return 4
+        return pair[1]
     if (method, path) == ("GET", "/api/v3/depth"):
         raw = params.get("limit", "100")
         limit = int(raw) if raw.isdigit() and len(raw) < 10 else 100
