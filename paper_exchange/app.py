@@ -125,7 +125,7 @@ class PaperApp:
             if refused is not None:
                 error, retry_after = refused
                 raise error
-            params.rate_limits = self.limits.rate_limits()
+            params.rate_limits = self.limits.advertised
             if route.signed:
                 params.deadline_ms = check_signed(
                     query=query, body=body, params=params, api_key_header=request.headers.get("X-MBX-APIKEY"),

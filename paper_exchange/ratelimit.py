@@ -88,6 +88,9 @@ class RateLimiter:
     banned_until: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def __post_init__(self) -> None:
+        self.advertised = self.rate_limits()  # exchangeInfo's list; the limits never change
+
     def limit(self, base: int) -> int:
         return max(1, int(base * self.multiplier))
 
