@@ -82,6 +82,10 @@ def outside_recv_window() -> PaperApiError:
     return PaperApiError(-1021, "Timestamp for this request is outside of the recvWindow.")
 
 
+def ahead_of_server(ms: int) -> PaperApiError:
+    return PaperApiError(-1021, f"Timestamp for this request was {ms}ms ahead of the server's time.")
+
+
 def recv_window_too_large() -> PaperApiError:
     return PaperApiError(-1131, "recvWindow must be less than 60000")
 
@@ -92,6 +96,29 @@ def insufficient_balance() -> PaperApiError:
 
 def duplicate_order() -> PaperApiError:
     return PaperApiError(-2010, "Duplicate order sent.")
+
+
+def would_take() -> PaperApiError:
+    return PaperApiError(-2010, "Order would immediately match and take.")
+
+
+def would_trigger() -> PaperApiError:
+    return PaperApiError(-2010, "Order would immediately trigger.")
+
+
+def too_much_weight(limit: int) -> PaperApiError:
+    return PaperApiError(-1003, f"Too much request weight used; current limit is {limit} request weight "
+                         "per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling "
+                         "the API.", 429)
+
+
+def too_many_orders(limit: int, interval: str) -> PaperApiError:
+    return PaperApiError(-1015, f"Too many new orders; current limit is {limit} orders per {interval}.", 429)
+
+
+def banned(until_ms: int) -> PaperApiError:
+    return PaperApiError(-1003, f"Way too much request weight used; IP banned until {until_ms}. Please use "
+                         "WebSocket Streams for live updates to avoid bans.", 418)
 
 
 def no_such_order() -> PaperApiError:

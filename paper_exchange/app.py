@@ -15,10 +15,12 @@ from urllib.parse import parse_qsl
 
 from werkzeug.wrappers import Request, Response
 
-from paper_exchange import apierrors, binance_api, control_api
+from paper_exchange import apierrors, binance_api, control_api, ratelimit
 from paper_exchange.auth import check_signed
+from paper_exchange.binance_api import RequestParams
 from paper_exchange.engine import Engine, now_ms
 from paper_exchange.faults import Fault, FaultBook
+from paper_exchange.ratelimit import RateLimiter
 from paper_exchange.wsgi import drop_connection
 from tradeguard.exceptions import PaperApiError
 
@@ -36,9 +38,9 @@ def _error(e: PaperApiError) -> Response:
     return _json({"code": e.code, "msg": e.msg}, e.status)
 
 
-def _params(query: str, body: str) -> dict[str, str]:
+def _params(query: str, body: str) -> RequestParams:
     """Query and form parameters together; a repeated name is -1101 like Binance."""
-    out: dict[str, str] = {}
+    out = RequestParams()
     for raw in (query, body):
         try:
             pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, errors="strict")
@@ -63,6 +65,7 @@ class PaperApp:
     stopping: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.time)
     ticks: int = 0  # iterations of the price loop, paused ones included
+    limits: RateLimiter = field(default_factory=RateLimiter)
     record: Callable[..., None] = lambda *a, **k: None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -90,7 +93,7 @@ class PaperApp:
             early = self._before(fault, environ)
             if early is not None:
                 return early
-        response = self._serve_api(request, method, path)
+        response = self._serve_api(request, method, path, fault)
         if fault is not None and fault.action == "apply_then_fail":
             return self._fail(fault, fault.then, environ)
         return response
@@ -103,7 +106,8 @@ class PaperApp:
             raise apierrors.too_large(MAX_BODY)
         return body
 
-    def _serve_api(self, request: Request, method: str, path: str) -> Response:
+    def _serve_api(self, request: Request, method: str, path: str, fault: Fault | None) -> Response:
+        retry_after = None
         try:
             route = binance_api.ROUTES.get((method, path))
             if route is None:
@@ -116,24 +120,35 @@ class PaperApp:
             except UnicodeDecodeError:
                 raise apierrors.illegal("body", "application/x-www-form-urlencoded") from None
             params = _params(query, body)
+            refused = self.limits.admit(ratelimit.weight(method, path, params),
+                                        (method, path) == ("POST", "/api/v3/order"), now_ms())
+            if refused is not None:
+                error, retry_after = refused
+                raise error
+            params.rate_limits = self.limits.advertised
             if route.signed:
-                check_signed(query=query, body=body, params=params,
-                             api_key_header=request.headers.get("X-MBX-APIKEY"),
-                             api_key=self.api_key, secret=self.secret, now_ms=now_ms())
-            return _json(route.handler(self.engine, params))
+                params.deadline_ms = check_signed(
+                    query=query, body=body, params=params, api_key_header=request.headers.get("X-MBX-APIKEY"),
+                    api_key=self.api_key, secret=self.secret, now_ms=now_ms())
+            if fault is not None:  # accepted: now held up on its way to the matching engine
+                if fault.action == "delay":
+                    self.stopping.wait(fault.seconds)
+                params.hidden_ms = int(fault.invisible_s * 1000)
+            response = _json(route.handler(self.engine, params))
         except PaperApiError as e:
             if e.code not in (-2013, -2011):  # lookups of unknown orders are routine
                 log.info("%s %s -> %d %s", method, path, e.code, e.msg)
-            return _error(e)
+            response = _error(e)
+        response.headers.update(self.limits.headers(now_ms()))
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     # --- faults -----------------------------------------------------------------------------
     def _before(self, fault: Fault, environ: dict) -> Response | None:
         """Carry out a fault before the request is served; None = serve it."""
         if fault.action == "respond":
             return self._respond(fault)
-        if fault.action == "delay":
-            self.stopping.wait(fault.seconds)
-            return None
         if fault.action in ("hang", "reset"):
             return self._fail(fault, fault.action, environ)
         return None

@@ -1,10 +1,15 @@
 """Binance request signing, checked the way Binance checks it: ``X-MBX-APIKEY``, then the HMAC-SHA256
 of the total parameters (query string followed by body, without ``signature``), then ``timestamp``
-within ``recvWindow``."""
+within ``recvWindow``.
+
+``recvWindow`` may carry up to three decimals (microsecond precision, as Binance accepts since
+2025). :func:`check_signed` returns the request's *deadline* (timestamp + recvWindow, ms): the
+matching engine checks it again, so a request delayed past it never executes."""
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Mapping
 
 from paper_exchange import apierrors
@@ -12,6 +17,7 @@ from paper_exchange import apierrors
 DEFAULT_RECV_WINDOW_MS = 5000
 MAX_RECV_WINDOW_MS = 60000
 MAX_AHEAD_MS = 1000
+_WINDOW_RE = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,3})?$")
 
 
 def _without_signature(raw: str) -> tuple[str, str | None]:
@@ -26,8 +32,8 @@ def _without_signature(raw: str) -> tuple[str, str | None]:
 
 
 def check_signed(*, query: str, body: str, params: Mapping[str, str], api_key_header: str | None,
-                 api_key: str, secret: str, now_ms: int) -> None:
-    """Raise the Binance error a real signed endpoint would give, or return if the request is good."""
+                 api_key: str, secret: str, now_ms: int) -> float:
+    """Raise the Binance error a real signed endpoint would give, or return the request's deadline."""
     if not api_key_header or not api_key_header.isprintable() or len(api_key_header) > 256:
         raise apierrors.api_key_format()
     if not hmac.compare_digest(api_key_header.encode(), api_key.encode()):
@@ -44,13 +50,18 @@ def check_signed(*, query: str, body: str, params: Mapping[str, str], api_key_he
     if not raw_ts or not raw_ts.isdigit():
         raise apierrors.mandatory("timestamp")
     raw_window = params.get("recvWindow")
-    window = DEFAULT_RECV_WINDOW_MS
+    window: float = DEFAULT_RECV_WINDOW_MS
     if raw_window is not None:
-        if not raw_window.isdigit():
-            raise apierrors.illegal("recvWindow", "^[0-9]{1,20}$")
-        window = int(raw_window)
+        if not _WINDOW_RE.fullmatch(raw_window):
+            raise apierrors.illegal("recvWindow", _WINDOW_RE.pattern)
+        window = float(raw_window)
         if window > MAX_RECV_WINDOW_MS:
             raise apierrors.recv_window_too_large()
+    if len(raw_ts) > 19:
+        raise apierrors.illegal("timestamp", "^[0-9]{1,19}$")
     ts = int(raw_ts)
-    if ts > now_ms + MAX_AHEAD_MS or now_ms - ts > window:
+    if ts > now_ms + MAX_AHEAD_MS:
+        raise apierrors.ahead_of_server(MAX_AHEAD_MS)
+    if now_ms - ts > window:
         raise apierrors.outside_recv_window()
+    return ts + window

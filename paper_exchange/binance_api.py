@@ -16,10 +16,18 @@ from typing import Any, Callable, Mapping
 from paper_exchange import apierrors
 from paper_exchange.engine import Engine, OrderRequest, now_ms
 from paper_exchange.ledger_types import Order
-from paper_exchange.markets import MARKETS, Market, fmt, market_for, parse_number, q8
+from paper_exchange.markets import MARKETS, ORDER_TYPES, STOP_TYPES, Market, fmt, market_for, parse_number, q8
 
 log = logging.getLogger("paper_exchange")
 Params = Mapping[str, str]
+
+
+class RequestParams(dict):
+    """The request's parameters, plus what the server learned about the request itself."""
+
+    deadline_ms: float | None = None  # timestamp + recvWindow of a signed request
+    hidden_ms: int = 0                # the ``invisible`` fault: hide the order it creates this long
+    rate_limits: list = []            # exchangeInfo's rateLimits (set by the app)
 _CLIENT_ID_RE = re.compile(apierrors.CLIENT_ID_PATTERN)
 _INT_PATTERN = "^[0-9]{1,19}$"
 
@@ -90,11 +98,7 @@ def server_time(engine: Engine, p: Params) -> Any:
 def exchange_info(engine: Engine, p: Params) -> Any:
     return {
         "timezone": "UTC", "serverTime": now_ms(),
-        "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
-            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000},
-        ],
+        "rateLimits": getattr(p, "rate_limits", []),
         "exchangeFilters": [],
         "symbols": [m.exchange_info() for m in _symbols(p)],
     }
@@ -117,14 +121,23 @@ def book_ticker(engine: Engine, p: Params) -> Any:
 
 
 def depth(engine: Engine, p: Params) -> Any:
-    """A synthetic book: ``limit`` levels one tick apart around the bid and ask."""
+    """The synthetic book (levels of varying size, less what fills took in this price step)."""
     m = market_for(p.get("symbol"))
-    levels = _limit(p, default=100, hi=5000)
-    t = engine.ticker(m)
-    bid, ask, qty = Decimal(t["bidPrice"]), Decimal(t["askPrice"]), t["bidQty"]
+    book = engine.depth(m, _limit(p, default=100, hi=5000))
     return {"lastUpdateId": now_ms(),
-            "bids": [[fmt(bid - i * m.tick_size), qty] for i in range(min(levels, 20)) if bid - i * m.tick_size > 0],
-            "asks": [[fmt(ask + i * m.tick_size), qty] for i in range(min(levels, 20))]}
+            "bids": [[fmt(price), fmt(qty)] for price, qty in book["bids"]],
+            "asks": [[fmt(price), fmt(qty)] for price, qty in book["asks"]]}
+
+
+def trades(engine: Engine, p: Params) -> Any:
+    m = market_for(p.get("symbol"))
+    return [t.trade() for t in engine.public_trades(m)[-_limit(p):]]
+
+
+def agg_trades(engine: Engine, p: Params) -> Any:
+    m = market_for(p.get("symbol"))
+    rows = [(t.id, t) for t in engine.public_trades(m)]
+    return [t.agg() for _, t in _window(rows, lambda r: r[1].time, p, "fromId")]
 
 
 def klines(engine: Engine, p: Params) -> Any:
@@ -160,32 +173,44 @@ def _order_request(engine: Engine, p: Params) -> OrderRequest:
     otype = p.get("type")
     if not otype:
         raise apierrors.mandatory("type")
-    if otype not in ("LIMIT", "MARKET"):
+    if otype not in ORDER_TYPES:
         raise apierrors.invalid_type()
     qty = parse_number("quantity", p["quantity"]) if p.get("quantity") else None
     quote_qty = parse_number("quoteOrderQty", p["quoteOrderQty"]) if p.get("quoteOrderQty") else None
     price = parse_number("price", p["price"]) if p.get("price") else None
+    stop = parse_number("stopPrice", p["stopPrice"]) if p.get("stopPrice") else None
     tif = p.get("timeInForce", "")
-    if otype == "LIMIT":
-        for name, value in (("timeInForce", tif), ("quantity", qty), ("price", price)):
-            if not value:
-                raise apierrors.mandatory(name)
-        if tif not in ("GTC", "IOC", "FOK"):
-            raise apierrors.invalid_tif()
-        if quote_qty is not None:
-            raise apierrors.not_required("quoteOrderQty")
-    else:
+    if otype == "MARKET":
         if qty is None and quote_qty is None:
             raise apierrors.one_of("quantity", "quoteOrderQty")
         if qty is not None and quote_qty is not None:
             raise apierrors.not_required("quoteOrderQty")
-        for name in ("price", "timeInForce"):
-            if p.get(name):
-                raise apierrors.not_required(name)
+    else:
+        needed = {"quantity": qty}
+        if otype in ("LIMIT", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"):
+            needed = {"timeInForce": tif, **needed}
+        if otype not in ("STOP_LOSS", "TAKE_PROFIT"):
+            needed["price"] = price
+        if otype in STOP_TYPES:
+            needed["stopPrice"] = stop
+        for name, value in needed.items():
+            if not value:
+                raise apierrors.mandatory(name)
+        if tif and tif not in ("GTC", "IOC", "FOK"):
+            raise apierrors.invalid_tif()
+        if quote_qty is not None:
+            raise apierrors.not_required("quoteOrderQty")
+    allowed = {"MARKET": (), "LIMIT": ("price", "timeInForce"), "LIMIT_MAKER": ("price",),
+               "STOP_LOSS": ("stopPrice",), "TAKE_PROFIT": ("stopPrice",)}.get(
+        otype, ("price", "timeInForce", "stopPrice"))
+    for name in ("price", "timeInForce", "stopPrice"):
+        if p.get(name) and name not in allowed:
+            raise apierrors.not_required(name)
     cid = p.get("newClientOrderId") or engine.new_client_order_id()
     if not _CLIENT_ID_RE.fullmatch(cid):
         raise apierrors.illegal("newClientOrderId", apierrors.CLIENT_ID_PATTERN)
-    return OrderRequest(m, side, otype, qty, quote_qty, price, tif, cid)
+    return OrderRequest(m, side, otype, qty, quote_qty, price, tif, cid, stop,
+                        getattr(p, "deadline_ms", None), getattr(p, "hidden_ms", 0))
 
 
 def new_order(engine: Engine, p: Params) -> Any:
@@ -231,15 +256,15 @@ def _cancel_view(o: Order, cancel_id: str) -> dict[str, Any]:
 def cancel_order(engine: Engine, p: Params) -> Any:
     m, order_id, cid = _order_ref(p)
     cancel_id = p.get("newClientOrderId") or engine.new_client_order_id()
-    order = engine.cancel(m.id, order_id, cid)
+    order = engine.cancel(m.id, order_id, cid, getattr(p, "deadline_ms", None))
     log.info("order %d %s canceled", order.order_id, order.client_order_id)
     return _cancel_view(order, cancel_id)
 
 
 def cancel_open_orders(engine: Engine, p: Params) -> Any:
     m = market_for(p.get("symbol"))
-    return [_cancel_view(engine.cancel(m.id, o.order_id, None), engine.new_client_order_id())
-            for o in engine.open_orders(m.id)]
+    return [_cancel_view(o, engine.new_client_order_id())
+            for o in engine.cancel_all(m.id, getattr(p, "deadline_ms", None))]
 
 
 def open_orders(engine: Engine, p: Params) -> Any:
@@ -275,6 +300,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/api/v3/depth"): Route(depth, False),
     ("GET", "/api/v3/klines"): Route(klines, False),
     ("GET", "/api/v3/avgPrice"): Route(avg_price, False),
+    ("GET", "/api/v3/trades"): Route(trades, False),
+    ("GET", "/api/v3/aggTrades"): Route(agg_trades, False),
     ("GET", "/api/v3/account"): Route(account, True),
     ("POST", "/api/v3/order"): Route(new_order, True),
     ("GET", "/api/v3/order"): Route(get_order, True),

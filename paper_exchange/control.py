@@ -209,6 +209,13 @@ class PaperExchange:
     def deposit(self, asset: str, amount: float | str) -> dict[str, Any]:
         return self.request("POST", "deposit", {"asset": asset, "amount": str(amount)})
 
+    def rate_limits(self) -> dict[str, Any]:
+        return self.request("GET", "rate-limits")
+
+    def reset_rate_limits(self) -> dict[str, Any]:
+        """Forget the request weight and order counters and any IP ban."""
+        return self.request("DELETE", "rate-limits")
+
 
 def _toml(value: Any) -> str:
     if isinstance(value, dict):

@@ -1,5 +1,6 @@
-"""The control API under ``/_paper/`` (loopback only, no signature): ledger, balances, health,
-faults, prices, pause/resume of the random walk, deposits. JSON in, JSON out."""
+"""The control API under ``/_paper/`` (loopback only, no signature, no rate limit): ledger,
+balances, health, faults, prices, pause/resume of the random walk, deposits, rate-limit counters.
+JSON in, JSON out. Documented as a stable interface in docs/PAPER_EXCHANGE.md."""
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ def _decimal(spec: dict, name: str) -> Decimal:
 
 def ledger(app: "PaperApp") -> dict[str, Any]:
     e = app.engine
-    return {"orders": [o.binance() for o in e.all_orders()], "fills": [f.ledger() for f in e.trades()]}
+    return {"orders": [o.binance() for o in e.all_orders(hidden=True)],
+            "fills": [f.ledger() for f in e.trades(hidden=True)]}
 
 
 def balances(app: "PaperApp") -> dict[str, Any]:
@@ -52,6 +54,12 @@ def health(app: "PaperApp") -> dict[str, Any]:
             "paused": app.paused.is_set(), "ticks": app.ticks, "orders": len(app.engine.orders),
             "open_orders": len(app.engine.open), "faults": len(app.faults.views()),
             "prices": {s: fmt(p) for s, p in app.engine.prices().items()}}
+
+
+def rate_limits(app: "PaperApp") -> dict[str, Any]:
+    lim = app.limits
+    return {"limits": lim.rate_limits(), "used": lim.headers(int(time.time() * 1000)),
+            "banned_until": lim.banned_until}
 
 
 def set_price(app: "PaperApp", spec: dict) -> dict[str, Any]:
@@ -88,6 +96,11 @@ def handle(app: "PaperApp", method: str, path: str, raw: bytes) -> Any:
         return {"id": fault.id, "fault": fault.view()}
     if (method, name) == ("DELETE", "faults"):
         return {"cleared": app.faults.clear()}
+    if (method, name) == ("GET", "rate-limits"):
+        return rate_limits(app)
+    if (method, name) == ("DELETE", "rate-limits"):
+        app.limits.reset()
+        return rate_limits(app)
     if (method, name) == ("POST", "pause"):
         app.paused.set()
         return {"paused": True}

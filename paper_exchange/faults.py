@@ -9,7 +9,15 @@ A fault matches a method (or ``*``) and a path (``*`` = every API path, or a glo
 * ``hang`` — hold the request until the client gives up (or ``seconds``, at most 60), then drop it;
 * ``reset`` — close the connection without an answer;
 * ``apply_then_fail`` — serve the request (an order is placed), then fail as ``then`` says:
-  ``respond`` (default; ``status``/``body``), ``reset`` or ``hang``.
+  ``respond`` (default; ``status``/``body``), ``reset`` or ``hang``;
+* ``invisible`` — serve the request normally, but the order it creates stays invisible to
+  ``GET /order``, ``openOrders``, ``allOrders``, ``myTrades`` and cancels (-2013/-2011) for
+  ``seconds`` (eventual visibility).
+
+``delay`` holds an accepted request *after* its signature and recvWindow were checked, on its way
+to the matching engine, which checks the recvWindow again. ``delay`` and ``apply_then_fail`` also
+take ``invisible_s``: the order they create is hidden that long (a lost answer followed by
+"Order does not exist").
 """
 from __future__ import annotations
 
@@ -21,10 +29,10 @@ from typing import Any
 
 from tradeguard.exceptions import PaperApiError
 
-ACTIONS = ("respond", "delay", "hang", "reset", "apply_then_fail")
+ACTIONS = ("respond", "delay", "hang", "reset", "apply_then_fail", "invisible")
 THEN = ("respond", "reset", "hang")
 MAX_SECONDS = 60.0
-_KEYS = {"method", "path", "action", "times", "probability", "status", "body", "seconds", "then"}
+_KEYS = {"method", "path", "action", "times", "probability", "status", "body", "seconds", "then", "invisible_s"}
 
 
 def _bad(msg: str) -> PaperApiError:
@@ -43,6 +51,7 @@ class Fault:
     body: Any
     seconds: float
     then: str
+    invisible_s: float = 0.0
     hits: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -53,7 +62,8 @@ class Fault:
     def view(self) -> dict[str, Any]:
         return {"id": self.id, "method": self.method, "path": self.path, "action": self.action,
                 "times": self.times, "probability": self.probability, "status": self.status,
-                "body": self.body, "seconds": self.seconds, "then": self.then, "hits": self.hits}
+                "body": self.body, "seconds": self.seconds, "then": self.then,
+                "invisible_s": self.invisible_s, "hits": self.hits}
 
 
 def parse_fault(spec: Any, fault_id: int, seed: int) -> Fault:
@@ -82,8 +92,8 @@ def parse_fault(spec: Any, fault_id: int, seed: int) -> Fault:
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise _bad(f"'status' = {status!r}: must be an HTTP status code")
     seconds = spec.get("seconds", MAX_SECONDS if action == "hang" else None)
-    if action == "delay" and seconds is None:
-        raise _bad("'delay' needs 'seconds'")
+    if action in ("delay", "invisible") and seconds is None:
+        raise _bad(f"'{action}' needs 'seconds'")
     seconds = MAX_SECONDS if seconds is None else seconds
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_SECONDS:
         raise _bad(f"'seconds' = {seconds!r}: must be a number from 0 to {MAX_SECONDS:g}")
@@ -91,8 +101,13 @@ def parse_fault(spec: Any, fault_id: int, seed: int) -> Fault:
     then = "respond" if then == "status" else then
     if then not in THEN:
         raise _bad(f"'then' = {then!r}: must be one of {', '.join(THEN)}")
+    invisible = spec.get("invisible_s", seconds if action == "invisible" else 0)
+    if action not in ("delay", "apply_then_fail", "invisible") and "invisible_s" in spec:
+        raise _bad("'invisible_s' only applies to delay, apply_then_fail and invisible")
+    if isinstance(invisible, bool) or not isinstance(invisible, (int, float)) or not 0 <= invisible <= MAX_SECONDS:
+        raise _bad(f"'invisible_s' = {invisible!r}: must be a number from 0 to {MAX_SECONDS:g}")
     return Fault(fault_id, method, path, action, times, float(prob), status, spec.get("body", ""),
-                 float(seconds), then, rng=random.Random(f"{seed}:fault:{fault_id}"))
+                 float(seconds), then, float(invisible), rng=random.Random(f"{seed}:fault:{fault_id}"))
 
 
 class FaultBook:

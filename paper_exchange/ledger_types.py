@@ -1,11 +1,11 @@
 """Orders and fills of the paper exchange, and their Binance JSON forms."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from paper_exchange.markets import ZERO, fmt
+from paper_exchange.markets import STOP_TYPES, ZERO, fmt
 
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
 
@@ -16,17 +16,27 @@ class Order:
     client_order_id: str
     symbol: str  # Binance id, e.g. "BTCUSDT"
     side: str    # BUY | SELL
-    type: str    # LIMIT | MARKET
-    time_in_force: str  # GTC | IOC | FOK ("" for MARKET)
-    price: Decimal      # 0 for MARKET
+    type: str    # one of ORDER_TYPES
+    time_in_force: str  # GTC | IOC | FOK ("" for MARKET and the market stops)
+    price: Decimal      # 0 for MARKET, STOP_LOSS, TAKE_PROFIT
     orig_qty: Decimal
     executed_qty: Decimal
     cum_quote: Decimal
-    status: str  # NEW | FILLED | CANCELED | EXPIRED
+    status: str  # NEW | PARTIALLY_FILLED | FILLED | CANCELED | EXPIRED
     reserved: Decimal   # funds locked while the order rests
     reserved_asset: str
     time: int
     update_time: int
+    stop_price: Decimal = ZERO
+    orig_quote_qty: Decimal = ZERO
+    is_working: bool = True  # False while a stop order waits for its trigger
+    working_time: int = -1
+    # not stored: until when (ms) queries do not see the order yet (eventual visibility)
+    visible_at: int = field(default=0, compare=False)
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.orig_qty - self.executed_qty
 
     @property
     def is_open(self) -> bool:
@@ -40,9 +50,10 @@ class Order:
             "origQty": fmt(self.orig_qty), "executedQty": fmt(self.executed_qty),
             "cummulativeQuoteQty": fmt(self.cum_quote), "status": self.status,
             "timeInForce": self.time_in_force or "GTC", "type": self.type, "side": self.side,
-            "stopPrice": fmt(ZERO), "icebergQty": fmt(ZERO), "time": self.time,
-            "updateTime": self.update_time, "isWorking": True, "workingTime": self.time,
-            "origQuoteOrderQty": fmt(ZERO), "selfTradePreventionMode": "NONE",
+            "stopPrice": fmt(self.stop_price), "icebergQty": fmt(ZERO), "time": self.time,
+            "updateTime": self.update_time, "isWorking": self.is_working,
+            "workingTime": self.working_time if self.is_working else -1,
+            "origQuoteOrderQty": fmt(self.orig_quote_qty), "selfTradePreventionMode": "NONE",
         }
 
     def ack(self) -> dict[str, Any]:
@@ -53,8 +64,10 @@ class Order:
     def result(self) -> dict[str, Any]:
         """``newOrderRespType=RESULT``."""
         out = self.binance()
-        for k in ("stopPrice", "icebergQty", "time", "updateTime", "isWorking"):
+        for k in ("icebergQty", "time", "updateTime", "isWorking"):
             del out[k]
+        if self.type not in STOP_TYPES:
+            del out["stopPrice"]
         out["transactTime"] = self.time
         return out
 

@@ -10,6 +10,8 @@ from typing import Any
 from paper_exchange import apierrors
 
 QUOTE = "USDT"
+STOP_TYPES = ("STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT")
+ORDER_TYPES = ("LIMIT", "MARKET", "LIMIT_MAKER") + STOP_TYPES
 ZERO = Decimal(0)
 EIGHT = Decimal("0.00000001")
 _NUMBER_RE = re.compile(apierrors.NUMBER_PATTERN)
@@ -64,19 +66,23 @@ class Market:
         ticks = (price / self.tick_size).to_integral_value(rounding=ROUND_UP if up else ROUND_DOWN)
         return max(ticks * self.tick_size, self.min_price)
 
-    def check(self, order_type: str, qty: Decimal, price: Decimal | None, ref_price: Decimal) -> None:
+    def _price_ok(self, price: Decimal) -> bool:
+        return self.min_price <= price <= self.max_price and (price - self.min_price) % self.tick_size == 0
+
+    def check(self, order_type: str, qty: Decimal, price: Decimal | None, ref_price: Decimal,
+              stop_price: Decimal | None = None) -> None:
         """Raise -1013 naming the first filter the order fails, like Binance."""
-        if price is not None:
-            if price < self.min_price or price > self.max_price or \
-                    (price - self.min_price) % self.tick_size != 0:
+        for p in (price, stop_price):
+            if p is not None and not self._price_ok(p):
                 raise apierrors.filter_failure("PRICE_FILTER")
-        if order_type == "MARKET":
+        if order_type in ("MARKET", "STOP_LOSS", "TAKE_PROFIT"):
             if qty <= 0 or qty > self.market_max_qty or qty < self.min_qty or \
                     (qty - self.min_qty) % self.step_size != 0:
                 raise apierrors.filter_failure("MARKET_LOT_SIZE")
         if qty < self.min_qty or qty > self.max_qty or (qty - self.min_qty) % self.step_size != 0:
             raise apierrors.filter_failure("LOT_SIZE")
-        notional = qty * (price if price is not None else ref_price)
+        at = price if price is not None else stop_price if stop_price is not None else ref_price
+        notional = qty * at
         if notional < self.min_notional or (price is not None and notional > self.max_notional):
             raise apierrors.filter_failure("NOTIONAL")
 
@@ -87,7 +93,7 @@ class Market:
             "baseAsset": self.base, "baseAssetPrecision": 8,
             "quoteAsset": self.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
             "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
-            "orderTypes": ["LIMIT", "MARKET"],
+            "orderTypes": list(ORDER_TYPES),
             "icebergAllowed": False, "ocoAllowed": False, "otoAllowed": False,
             "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False,
             "cancelReplaceAllowed": False, "isSpotTradingAllowed": True,

@@ -21,6 +21,7 @@ from tradeguard.exceptions import ConfigError
 MINUTE_MS = 60_000
 HISTORY_MINUTES = 500      # backfilled on a fresh database so strategies can warm up at once
 KEEP_MINUTES = 7 * 24 * 60  # 1-minute candles kept per symbol
+MIN_BARS = 1000            # klines history of every interval (older bars synthesised)
 # Binance weeks start on Monday; the epoch was a Thursday.
 _WEEK_OFFSET_MS = 4 * 24 * 3600 * 1000
 INTERVALS_MS = {
@@ -56,6 +57,7 @@ class SymbolState:
     price: Decimal
     step: int
     candles: list[Candle]  # 1-minute candles, oldest first
+    last_qty: Decimal = ZERO  # size of the walk's last print (not stored)
 
 
 def load_csv_series(path: Path, markets: Iterable[Market]) -> dict[str, list[Decimal]]:
@@ -101,6 +103,7 @@ class PriceFeed:
         self.minute_sigma = max(volatility, 1e-9) * math.sqrt(60.0 / tick_s)
         self.series = series or {}
         self.state: dict[str, SymbolState] = dict(state or {})
+        self._older_cache: dict[tuple, list[Candle]] = {}
         for m in markets.values():
             if m.id not in self.state:
                 start = self.series[m.id][0] if m.id in self.series else m.start_price
@@ -146,6 +149,7 @@ class PriceFeed:
                 new = m.round_price(dec(float(st.price) * math.exp(rng.gauss(0.0, self.volatility))))
             qty = q8(dec(rng.uniform(0.0, 0.05) * 1000 / float(new)))
             self._record(st, new, now_ms, qty, 1)
+            st.last_qty = qty
             out[m.id] = new
         return out
 
@@ -196,12 +200,43 @@ class PriceFeed:
                 b.volume += c.volume
                 b.quote_volume += c.quote_volume
                 b.trades += c.trades
-        rows = [b for t, b in sorted(buckets.items())
-                if (start is None or t + size > start) and (end is None or t <= end)]
+        real = [b for _, b in sorted(buckets.items())]
+        older = self._older(symbol_id, interval, size, real[0] if real else None, MIN_BARS - len(real))
+        rows = [b for b in older + real
+                if (start is None or b.open_time + size > start) and (end is None or b.open_time <= end)]
         rows = rows[:limit] if start is not None else rows[-limit:]
         return [[b.open_time, fmt(b.open), fmt(b.high), fmt(b.low), fmt(b.close), fmt(b.volume),
                  b.open_time + size - 1, fmt(b.quote_volume), b.trades, fmt(q8(b.volume / 2)),
                  fmt(q8(b.quote_volume / 2)), "0"] for b in rows]
+
+    def _older(self, symbol_id: str, interval: str, size: int, first: Candle | None, count: int) -> list[Candle]:
+        """``count`` synthetic bars of ``interval`` before the first real one (a seeded backward walk
+        anchored at its open), so that every interval has MIN_BARS of history. Cached per anchor."""
+        if first is None or count <= 0:
+            return []
+        key = (symbol_id, interval, first.open_time, count)
+        cached = self._older_cache.get(key)
+        if cached is not None:
+            return cached
+        m = self.markets[symbol_id]
+        sigma = self.minute_sigma * math.sqrt(size / MINUTE_MS)
+        close = float(first.open)
+        out: list[Candle] = []
+        for i in range(1, count + 1):
+            rng = self._rng(symbol_id, f"{interval}:{first.open_time - i * size}")
+            open_ = close / math.exp(rng.gauss(0.0, sigma))
+            hi = max(open_, close) * (1 + abs(rng.gauss(0.0, sigma / 2)))
+            lo = min(open_, close) * (1 - abs(rng.gauss(0.0, sigma / 2)))
+            qty = q8(dec(rng.uniform(0.2, 2.0) * 1000 * size / MINUTE_MS / close))
+            out.append(Candle(first.open_time - i * size, m.round_price(dec(open_)),
+                              m.round_price(dec(hi), up=True), m.round_price(dec(lo)),
+                              m.round_price(dec(close)), qty, q8(qty * dec(close)), rng.randint(5, 50)))
+            close = open_
+        out.reverse()
+        if len(self._older_cache) >= 64:  # bounded: anchors move once a minute
+            self._older_cache.clear()
+        self._older_cache[key] = out
+        return out
 
     def ticker_24h(self, m: Market, now_ms: int, spread: Decimal) -> dict:
         """``GET /api/v3/ticker/24hr`` for one market."""

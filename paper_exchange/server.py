@@ -9,6 +9,8 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from paper_exchange.app import PaperApp
+from paper_exchange.book import BookSettings
+from paper_exchange.ratelimit import RateLimiter
 from trading.paper_credentials import load_or_create
 from paper_exchange.engine import Engine, EngineSettings, now_ms
 from paper_exchange.faults import FaultBook
@@ -50,9 +52,15 @@ def build_app(cfg: Config, record: Callable[..., None] = lambda *a, **k: None) -
     series = None
     if cfg.paper.prices_csv:
         series = load_csv_series(paths.data_dir / cfg.paper.prices_csv, MARKETS.values())
-    settings = EngineSettings(fee=Decimal(str(cfg.paper.fee)), fee_asset=cfg.paper.fee_asset,
-                              slippage=Decimal(str(cfg.paper.slippage)),
-                              start_balances={a: Decimal(str(v)) for a, v in cfg.paper.start_balances.items()})
+    pc = cfg.paper
+    spread = Decimal(str(pc.slippage))
+    settings = EngineSettings(fee=Decimal(str(pc.fee)), fee_asset=pc.fee_asset, slippage=spread,
+                              start_balances={a: Decimal(str(v)) for a, v in pc.start_balances.items()},
+                              book=BookSettings(pc.book_levels, Decimal(str(pc.book_level_quote)),
+                                                Decimal(str(pc.book_step)), spread, pc.seed),
+                              client_id_reuse=pc.client_id_reuse,
+                              visibility_lag_ms=int(pc.visibility_lag_s * 1000),
+                              recheck_recv_window=pc.recv_window_at_matching)
     db = paths.paper_dir / "exchange.db"
     store = None
     try:
@@ -67,7 +75,8 @@ def build_app(cfg: Config, record: Callable[..., None] = lambda *a, **k: None) -
             store.close()
         raise PaperStateError(f"paper exchange database {db} cannot be read ({e}); it is left "
                               "untouched: move it aside to start a fresh paper account") from None
-    return PaperApp(engine, api_key, secret, FaultBook(cfg.paper.seed), record=record)
+    return PaperApp(engine, api_key, secret, FaultBook(cfg.paper.seed), record=record,
+                    limits=RateLimiter(pc.rate_limit_multiplier, pc.rate_limit_ban_s))
 
 
 def _tick_loop(app: PaperApp, tick_s: float) -> None:

@@ -17,24 +17,33 @@ import sqlite_utils
 from paper_exchange.ledger_types import Fill, Order
 from paper_exchange.prices import Candle, SymbolState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _ORDER_COLS = ("order_id", "client_order_id", "symbol", "side", "type", "time_in_force", "price",
                "orig_qty", "executed_qty", "cum_quote", "status", "reserved", "reserved_asset",
-               "time", "update_time")
+               "time", "update_time", "stop_price", "orig_quote_qty", "is_working", "working_time")
+# version 2: stop orders and quote-quantity orders; a client order id may repeat (Binance reuse rule)
+_V2_ORDER_COLS = {"stop_price": "TEXT NOT NULL DEFAULT '0'", "orig_quote_qty": "TEXT NOT NULL DEFAULT '0'",
+                  "is_working": "INTEGER NOT NULL DEFAULT 1", "working_time": "INTEGER NOT NULL DEFAULT -1"}
 _FILL_COLS = ("trade_id", "order_id", "client_order_id", "symbol", "side", "price", "qty",
               "quote_qty", "commission", "commission_asset", "time", "is_maker")
 _CANDLE_COLS = ("symbol", "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades")
-_DECIMAL_ORDER = {"price", "orig_qty", "executed_qty", "cum_quote", "reserved"}
+_DECIMAL_ORDER = {"price", "orig_qty", "executed_qty", "cum_quote", "reserved", "stop_price", "orig_quote_qty"}
+_INT_ORDER = {"order_id", "time", "update_time", "is_working", "working_time"}
 _DECIMAL_FILL = {"price", "qty", "quote_qty", "commission"}
 
 
 def _create_schema(con: sqlite3.Connection) -> None:
     db = sqlite_utils.Database(con)
     db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["orders"].create({c: (int if c in ("order_id", "time", "update_time") else str) for c in _ORDER_COLS},
+    db["orders"].create({c: (int if c in _INT_ORDER else str) for c in _ORDER_COLS},
                         pk="order_id", if_not_exists=True)
-    db["orders"].create_index(["client_order_id"], unique=True, if_not_exists=True)
+    have = {c.name for c in db["orders"].columns}
+    for col, decl in _V2_ORDER_COLS.items():
+        if col not in have:
+            con.execute(f"ALTER TABLE orders ADD COLUMN {col} {decl}")
+    con.execute("DROP INDEX IF EXISTS idx_orders_client_order_id")  # v1 had it UNIQUE
+    con.execute("CREATE INDEX IF NOT EXISTS idx_orders_client_id ON orders(client_order_id)")
     db["orders"].create_index(["symbol", "status"], if_not_exists=True)
     db["fills"].create({c: (int if c in ("trade_id", "order_id", "time", "is_maker") else str)
                         for c in _FILL_COLS}, pk="trade_id", if_not_exists=True)
@@ -42,7 +51,7 @@ def _create_schema(con: sqlite3.Connection) -> None:
     db["prices"].create({"symbol": str, "price": str, "step": int}, pk="symbol", if_not_exists=True)
     db["candles"].create({c: (int if c in ("open_time", "trades") else str) for c in _CANDLE_COLS},
                          pk=("symbol", "open_time"), if_not_exists=True)
-    con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
 
 class Store:
@@ -61,20 +70,29 @@ class Store:
         self.con.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        self.con.execute("BEGIN IMMEDIATE")
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """One atomic write. ``durable=False`` skips the fsync of this commit (WAL, synchronous
+        NORMAL: safe against a crash of the process, not of the machine); the next durable commit
+        syncs it too."""
+        if not durable:
+            self.con.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+            self.con.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+        finally:
+            if not durable:
+                self.con.execute("PRAGMA synchronous=FULL")
 
     # --- loading --------------------------------------------------------------------------
     def load_orders(self) -> list[Order]:
         cur = self.con.execute(f"SELECT {', '.join(_ORDER_COLS)} FROM orders ORDER BY order_id")
-        return [Order(**{c: (Decimal(v) if c in _DECIMAL_ORDER else v) for c, v in zip(_ORDER_COLS, row)})
-                for row in cur]
+        return [Order(**{c: (Decimal(v) if c in _DECIMAL_ORDER else bool(v) if c == "is_working" else v)
+                         for c, v in zip(_ORDER_COLS, row)}) for row in cur]
 
     def load_fills(self) -> list[Fill]:
         cur = self.con.execute(f"SELECT {', '.join(_FILL_COLS)} FROM fills ORDER BY trade_id")
@@ -97,15 +115,17 @@ class Store:
 
     # --- writing (inside transaction()) ------------------------------------------------------
     def save_order(self, o: Order) -> None:
-        vals = [str(getattr(o, c)) if c in _DECIMAL_ORDER else getattr(o, c) for c in _ORDER_COLS]
+        vals = [str(getattr(o, c)) if c in _DECIMAL_ORDER else int(o.is_working) if c == "is_working"
+                else getattr(o, c) for c in _ORDER_COLS]
         self.con.execute(f"INSERT OR REPLACE INTO orders({', '.join(_ORDER_COLS)}) "
                          f"VALUES ({', '.join('?' * len(_ORDER_COLS))})", vals)
 
-    def save_fill(self, f: Fill) -> None:
-        vals = [str(getattr(f, c)) if c in _DECIMAL_FILL else int(f.is_maker) if c == "is_maker"
-                else getattr(f, c) for c in _FILL_COLS]
-        self.con.execute(f"INSERT INTO fills({', '.join(_FILL_COLS)}) "
-                         f"VALUES ({', '.join('?' * len(_FILL_COLS))})", vals)
+    def save_fills(self, fills: list[Fill]) -> None:
+        if fills:
+            self.con.executemany(
+                f"INSERT INTO fills({', '.join(_FILL_COLS)}) VALUES ({', '.join('?' * len(_FILL_COLS))})",
+                [[str(getattr(f, c)) if c in _DECIMAL_FILL else int(f.is_maker) if c == "is_maker"
+                  else getattr(f, c) for c in _FILL_COLS] for f in fills])
 
     def save_balance(self, asset: str, free: Decimal, locked: Decimal) -> None:
         self.con.execute("INSERT OR REPLACE INTO balances(asset, free, locked) VALUES (?, ?, ?)",

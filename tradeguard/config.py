@@ -59,13 +59,33 @@ class PaperConfig:
     fee: float = _f(0.001, "Trading fee as a fraction of the notional (0.001 = 0.1%).", min=0, max=0.1)
     fee_asset: str = _f("quote", "Asset the fee is charged in: 'quote' or 'received' (Binance default).",
                         choices=("quote", "received"))
-    slippage: float = _f(0.0005, "Market order slippage as a fraction of the price.", min=0, max=0.1)
+    slippage: float = _f(0.0005, "Half spread: best ask/bid distance from the last price (fraction); "
+                         "market orders then walk the book from there.", min=0, max=0.1)
     start_balances: dict = _f({"USDT": 10000.0}, "Balances of a new paper account.")
     volatility: float = _f(0.001, "Standard deviation of each random-walk price step (fraction).",
                            min=0, max=0.5)
     tick_s: float = _f(0.5, "Seconds between price steps.", min=0.01, max=3600)
     seed: int = _f(42, "Seed of the price random walk.", min=0)
     prices_csv: str = _f("", "Replay close prices from this OHLCV CSV (in the data dir) instead of a random walk.")
+    client_id_reuse: str = _f("after_close", "When a newClientOrderId may be used again: 'after_close' "
+                              "(Binance: unique only among open orders) or 'never' (kinder than Binance).",
+                              choices=("after_close", "never"))
+    visibility_lag_s: float = _f(0.0, "Seconds an accepted order stays invisible to GET /order, openOrders, "
+                                 "allOrders and myTrades (-2013), as on an eventually consistent venue.",
+                                 min=0, max=60)
+    recv_window_at_matching: bool = _f(True, "Check timestamp + recvWindow again when a (delayed) order or "
+                                       "cancel reaches the matching engine (Binance does); false models a "
+                                       "venue without that fence.")
+    book_levels: int = _f(50, "Price levels on each side of the synthetic order book.", min=1, max=5000)
+    book_level_quote: float = _f(5000.0, "Average liquidity of one book level, in quote (sizes vary per "
+                                 "level and price step).", min=0.01, max=1e9)
+    book_step: float = _f(0.0001, "Distance between book levels as a fraction of the price (at least one "
+                          "tick).", min=0, max=0.1)
+    rate_limit_multiplier: float = _f(1.0, "Multiplies the Binance rate limits the exchange enforces "
+                                      "(request weight/minute, orders/10 s, orders/day); raise it for "
+                                      "benchmarks, lower it to provoke 429s.", min=0.001, max=1e6)
+    rate_limit_ban_s: float = _f(120.0, "IP ban (HTTP 418) after repeated requests past a 429.",
+                                 min=1, max=3 * 86400)
 
 
 @dataclass(frozen=True)

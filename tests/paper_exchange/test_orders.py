@@ -82,8 +82,20 @@ def test_duplicate_client_order_id_is_classified_duplicate(fresh) -> None:
         client.create_order("BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": "tg-d-1"})
     assert classify(ei.value, state_changing=True) is ErrorClass.DUPLICATE
     client.cancel_order(None, "BTC/USDT", {"origClientOrderId": "tg-d-1"})
-    with pytest.raises(ccxt.InvalidOrder, match="Duplicate order sent"):  # strict: ever used
-        client.create_order("BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": "tg-d-1"})
+    # Binance: unique only among open orders -- once canceled (or filled) the id is accepted again
+    again = client.create_order("BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": "tg-d-1"})
+    assert again["status"] == "closed"
+    assert [o["status"] for o in px.ledger()["orders"]] == ["CANCELED", "FILLED"]
+    # a lookup by client id finds the newest order with it
+    assert fetch_order_by_client_id(client, "BTC/USDT", "tg-d-1")["id"] == again["id"]
+
+
+def test_client_id_reuse_never_is_the_strict_kinder_mode(paper_exchange_factory) -> None:
+    px = paper_exchange_factory(tick_s=3600, client_id_reuse="never")
+    client = px.client()
+    client.create_order("BTC/USDT", "market", "buy", 0.001, None, {"newClientOrderId": "tg-n-1"})
+    with pytest.raises(ccxt.InvalidOrder, match="Duplicate order sent"):
+        client.create_order("BTC/USDT", "market", "buy", 0.001, None, {"newClientOrderId": "tg-n-1"})
     assert len(px.ledger()["orders"]) == 1
 
 
@@ -120,7 +132,9 @@ def test_filters_reject_like_binance(px, client, params, error) -> None:
 
 
 def test_ioc_limit_expires_and_fee_in_received_asset(paper_exchange_factory) -> None:
-    px = paper_exchange_factory(tick_s=3600, slippage=0.0, fee=0.001, fee_asset="received")
+    # one deep book level: this test is about fees, not about walking the book
+    px = paper_exchange_factory(tick_s=3600, slippage=0.0, fee=0.001, fee_asset="received",
+                                book_level_quote=1e7)
     px.set_price("ETH/USDT", 2000)
     client = px.client()
     client.load_markets()

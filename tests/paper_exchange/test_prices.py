@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from paper_exchange.markets import MARKETS, market_for
-from paper_exchange.prices import HISTORY_MINUTES, MINUTE_MS, PriceFeed, load_csv_series
+from paper_exchange.prices import HISTORY_MINUTES, INTERVALS_MS, MIN_BARS, MINUTE_MS, PriceFeed, load_csv_series
 from tradeguard.exceptions import ConfigError, PaperApiError
 
 T0 = 1_800_000_000_000 - 1_800_000_000_000 % (7 * 24 * 60 * MINUTE_MS)  # aligned to every interval
@@ -35,12 +35,10 @@ def test_walk_is_deterministic_per_seed_and_resumable() -> None:
 
 def test_history_backfill_and_kline_aggregation() -> None:
     f = feed()
-    rows = f.klines("BTCUSDT", "1m", None, None, 1000)
-    assert len(rows) == HISTORY_MINUTES
+    rows = f.klines("BTCUSDT", "1m", None, None, 1000)[-HISTORY_MINUTES:]
     assert rows[-1][4] == "60000.00000000"  # the history ends at the start price
     assert [r[0] for r in rows] == [T0 - (HISTORY_MINUTES - i) * MINUTE_MS for i in range(HISTORY_MINUTES)]
-    five = f.klines("BTCUSDT", "5m", None, None, 1000)
-    assert len(five) == HISTORY_MINUTES // 5
+    five = f.klines("BTCUSDT", "5m", None, None, 1000)[-(HISTORY_MINUTES // 5):]
     first5 = rows[:5]
     assert five[0][1] == first5[0][1] and five[0][4] == first5[-1][4]
     assert Decimal(five[0][2]) == max(Decimal(r[2]) for r in first5)
@@ -50,6 +48,19 @@ def test_history_backfill_and_kline_aggregation() -> None:
     with pytest.raises(PaperApiError) as ei:
         f.klines("BTCUSDT", "1s", None, None, 10)
     assert ei.value.code == -1120
+
+
+@pytest.mark.parametrize("interval", ["1m", "5m", "1h", "1d", "1w"])
+def test_every_interval_serves_at_least_1000_contiguous_bars(interval) -> None:
+    f, g = feed(), feed()
+    rows = f.klines("BTCUSDT", interval, None, None, 1000)
+    assert len(rows) == MIN_BARS == 1000
+    size = INTERVALS_MS[interval]
+    assert all(b[0] - a[0] == size for a, b in zip(rows, rows[1:]))  # no gap before the real ones
+    assert all(Decimal(r[3]) <= min(Decimal(r[1]), Decimal(r[4])) <= Decimal(r[2]) for r in rows)
+    assert rows == g.klines("BTCUSDT", interval, None, None, 1000)  # deterministic per seed
+    older = f.klines("BTCUSDT", interval, rows[0][0], rows[9][0], 1000)
+    assert older == rows[:10]  # startTime/endTime reach the synthesised history too
 
 
 def test_steps_build_the_current_candle() -> None:

@@ -29,8 +29,8 @@ def test_restart_keeps_orders_fills_balances_and_prices(paper_exchange_factory) 
     assert px.health()["prices"] == {"BTCUSDT": "50000.00000000", "ETHUSDT": "2500.50000000"}
     c = px.client()
     assert c.fetch_order(None, "BTC/USDT", {"origClientOrderId": "tg-p-2"})["status"] == "open"
-    with pytest.raises(ccxt.InvalidOrder, match="Duplicate"):
-        c.create_order("BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": "tg-p-1"})
+    with pytest.raises(ccxt.InvalidOrder, match="Duplicate"):  # the restored order is still open
+        c.create_order("BTC/USDT", "market", "buy", 0.01, None, {"newClientOrderId": "tg-p-2"})
     px.set_price("BTC/USDT", 39000)  # the restored resting order still fills
     assert c.fetch_order(None, "BTC/USDT", {"origClientOrderId": "tg-p-2"})["status"] == "closed"
     new = c.create_order("BTC/USDT", "market", "buy", 0.001)
