@@ -23,6 +23,7 @@ from bot.notify import Notifier
 from trading.orders import FINAL, OrderBook, recent_submissions
 from bot.reconcile import Reconciler
 from trading.risk import RiskLimits
+from trading.ratelimit import load_rate_limits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
 from bot.sizing import order_spec
 from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
@@ -149,6 +150,7 @@ class Bot:
         rt, store = self.rt, self.rt.store
         if not rt.exchange.markets:
             rt.call("market_data", rt.exchange.load_markets, budget=budget)
+        load_rate_limits(rt, budget)
         full = bool(store.quarantined or store.needs_reconciliation)
         if full:
             log.warning("state.db needs rebuilding from the exchange (quarantined=%s); rebuilding before "

@@ -28,11 +28,13 @@ CAPABILITIES: dict[str, dict[str, Any]] = {
     "binance": {"client_order_id_param": "newClientOrderId",
                 "fetch_order_by_client_id": "origClientOrderId",
                 "max_client_order_id_len": 36,
-                "recv_window": True},  # a signed request executes only within recvWindow
+                "recv_window": True,  # a signed request executes only within recvWindow
+                "rate_headers": True},  # X-MBX-USED-WEIGHT-1M / X-MBX-ORDER-COUNT-10S
     "default": {"client_order_id_param": "clientOrderId",
                 "fetch_order_by_client_id": None,  # scan open and closed orders instead
                 "max_client_order_id_len": 32,
-                "recv_window": False},
+                "recv_window": False,
+                "rate_headers": False},
 }
 CAPABILITIES["paper"] = CAPABILITIES["binance"]
 _CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]+$")

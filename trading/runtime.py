@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from blackbox import recorder
 from trading.failpoints import Failpoints
+from trading.ratelimit import RateGovernor
 from tradeguard.config import Config
 
 
@@ -59,6 +60,7 @@ class Runtime:
     killswitch: Any  # resilience.killswitch.KillSwitch
     failpoints: Failpoints = field(default_factory=Failpoints)
     clock: Callable[[], float] = time.time
+    governor: RateGovernor = field(default_factory=RateGovernor)
 
     @property
     def bot_id(self) -> str:
@@ -84,13 +86,34 @@ class Runtime:
         a spent budget raises TickDeadline without calling. A state-changing call always gets the
         full client timeout: cutting it short would only turn answers into unknown outcomes.
         """
+        name = getattr(fn, "__name__", "call")
+        self._hold_back(name, state_changing, budget)
         timeout = self.cfg.exchange.timeout_ms
         if budget is not None:
             left = budget.remaining()
             if left <= 0:
-                raise TickDeadline(f"tick deadline reached before {getattr(fn, '__name__', 'call')}")
+                raise TickDeadline(f"tick deadline reached before {name}")
             if not state_changing:
                 timeout = max(MIN_TIMEOUT_MS, min(timeout, int(left * 1000)))
         self.exchange.timeout = timeout
-        return self.manager.call(dependency, fn, *args, state_changing=state_changing,
-                                 deadline=budget.deadline if budget else None, **kwargs)
+        try:
+            return self.manager.call(dependency, fn, *args, state_changing=state_changing,
+                                     deadline=budget.deadline if budget else None, **kwargs)
+        finally:
+            self.governor.observe(getattr(self.exchange, "last_response_headers", None))
+
+    def _hold_back(self, name: str, state_changing: bool, budget: Budget | None) -> None:
+        """Wait out the venue's rate window when its headers say we are near a limit: reads and
+        new orders only (a cancel is never held back); within the budget, else TickDeadline."""
+        if state_changing and name != "create_order":
+            return
+        wait = self.governor.order_wait_s() if state_changing else self.governor.read_wait_s()
+        if wait <= 0:
+            return
+        if budget is not None and wait >= budget.remaining():
+            raise TickDeadline(f"{name} held back: near the exchange's rate limit for "
+                               f"{wait:.1f} s more")
+        recorder.record("exchange.rate_hold", "trading.runtime", f"{name} waits {wait:.2f} s: "
+                        "near the exchange's rate limit", weight=self.governor.weight_used,
+                        orders=self.governor.orders_used)
+        time.sleep(wait)
