@@ -1,5 +1,5 @@
-"""Health endpoint benchmark (issue 7): authenticated requests per second, and what a flood of
-wrong passwords costs the host.
+"""Health endpoint benchmark (issues 7 and 19): authenticated requests per second, what a flood
+of wrong passwords costs the host, and authenticated service while the endpoint is attacked.
 
     .venv/bin/python -m benchmarks.bench_health [--seconds 3] [--rounds 5] [--clients 4]
 
@@ -11,6 +11,12 @@ The flood part sends wrong Basic passwords as fast as one client can, and measur
 server process's CPU time and a separate "bot loop" process doing fixed work: once with the
 default limit (10 failures a minute per address, then 429 without running scrypt) and once
 with the limit effectively off, to show what the limit saves.
+
+The attack part (issue 19) measures bearer-token ``/health`` from 127.0.0.1 while another
+process runs 80 slow sockets (a header line every 0.5 s, never finishing a request, reconnecting
+when dropped) and a wrong-password flood, one keep-alive connection per source address, from 20
+addresses (127.0.0.2-21: all loopback, distinct clients to the server), beside the same
+measure without them.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from pathlib import Path
 import psutil
 
 from tests.helpers.proc import free_port, wait_until
+from tests.watchdog.health.slowloris import SlowLoris
 from tradeguard.config import load_config
 from tradeguard.heartbeat import Heartbeat, write_heartbeat, write_pidfile
 from watchdog.health.passwords import credentials_path, set_password
@@ -101,6 +108,66 @@ def _load(port: int, auth: str, seconds: float, clients: int) -> tuple[int, list
     return len(flat), flat, statuses
 
 
+ATTACK_SOURCES = [f"127.0.0.{i}" for i in range(2, 22)]
+
+
+def _attack(port: int, seconds: float, ready: "mp.Event", out: "mp.Queue[dict]") -> None:
+    """Child: 80 slow sockets and a wrong-password flood from 20 addresses for ``seconds``."""
+    loris = SlowLoris("127.0.0.1", port, 80, ATTACK_SOURCES, every_s=0.5).start()
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+    wrong = _basic(USER, "wrong password")
+
+    def flood(source: str) -> None:
+        seen: dict[int, int] = {}
+        conn = None
+        while time.monotonic() < end:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5,
+                                                      source_address=(source, 0))
+                conn.request("GET", "/health", headers={"Authorization": wrong})
+                r = conn.getresponse()
+                r.read()
+                seen[r.status] = seen.get(r.status, 0) + 1
+            except (OSError, http.client.HTTPException):
+                seen[0] = seen.get(0, 0) + 1
+                conn = None
+        with lock:
+            for k, v in seen.items():
+                statuses[k] = statuses.get(k, 0) + v
+
+    threads = [threading.Thread(target=flood, args=(s,)) for s in ATTACK_SOURCES]
+    ready.set()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = max(loris.dropped, default=0.0)
+    connects = loris.connects
+    loris.stop()
+    out.put({"statuses": statuses, "slow_connects": connects, "slow_held_max_s": held})
+
+
+def _under_attack(port: int, token: str, args: argparse.Namespace) -> tuple[float, float, dict]:
+    ctx = mp.get_context("spawn")
+    total = args.rounds * args.seconds + 12  # warm-up of the attack included
+    ready, q = ctx.Event(), ctx.Queue()
+    attacker = ctx.Process(target=_attack, args=(port, total, ready, q), daemon=True)
+    attacker.start()
+    try:
+        ready.wait(30)
+        time.sleep(10)  # a constant warm-up, not a wait for a condition: the attack settles
+        rate, p99 = _throughput(port, f"Bearer {token}", args)
+        stats = q.get(timeout=total + 60)
+    finally:
+        attacker.join(30)
+        if attacker.is_alive():
+            attacker.kill()
+    return rate, p99, stats
+
+
 def _start_server(data_dir: Path, fail_limit: int) -> tuple[mp.Process, int]:
     port = free_port()
     p = mp.get_context("spawn").Process(target=_serve, args=(str(data_dir), port, fail_limit), daemon=True)
@@ -159,7 +226,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--attack-only", action="store_true", help="only the issue 19 measure")
     args = ap.parse_args()
+    if args.attack_only:
+        return _attack_report(args)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         cfg = load_config(None, data_dir=data, logs_dir=Path(tmp) / "logs", env={})
@@ -189,6 +259,31 @@ def main() -> int:
               f"({r['s401']} x 401 = scrypt runs, {r['s429']} x 429), server CPU "
               f"{r['server_cpu_pct']:.0f}% of a core = {r['cpu_ms_per_attempt']:.2f} ms per attempt, "
               f"bot loop median chunk {r['bot_chunk_ms']:.2f} ms")
+    return _attack_report(args)
+
+
+def _attack_report(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        cfg = load_config(None, data_dir=data, logs_dir=Path(tmp) / "logs", env={})
+        set_password(credentials_path(cfg), USER, PASSWORD)
+        server, port = _start_server(data, 10)
+        try:
+            token = (data / "health.token").read_text().strip()
+            calm_rate, calm_p99 = _throughput(port, f"Bearer {token}", args)
+            rate, p99, stats = _under_attack(port, token, args)
+        finally:
+            server.kill()
+            server.join()
+    st = stats["statuses"]
+    print(f"bearer /health, {args.clients} keep-alive clients from 127.0.0.1, "
+          f"{args.rounds} x {args.seconds:g}s, default limits")
+    print(f"  no attack             : median {calm_rate:8.0f} req/s   p99 {calm_p99:6.2f} ms")
+    print(f"  80 slow sockets + flood: median {rate:8.0f} req/s   p99 {p99:6.2f} ms")
+    print(f"  flood from 20 addresses: {sum(st.values())} attempts: {st.get(401, 0)} x 401 "
+          f"(scrypt runs), {st.get(429, 0)} x 429, {st.get(0, 0)} connection errors")
+    print(f"  slow sockets: {stats['slow_connects']} connections opened, longest held "
+          f"{stats['slow_held_max_s']:.1f} s")
     return 0
 
 

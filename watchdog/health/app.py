@@ -76,6 +76,7 @@ def create_app(snapshot: Snapshot, auth: Authenticator) -> Flask:
             resp = jsonify(error="too many failed attempts")
             resp.status_code = 429
             resp.headers["Retry-After"] = str(retry)
+            auth.told_to_wait(addr, retry)
         else:
             resp = jsonify(error="unauthorized")
             resp.status_code = 401

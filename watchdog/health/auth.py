@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FAILURE_WINDOW_S = 60.0
 MAX_CACHED = 1024
+MAX_WAITING = 10000  # addresses remembered as told to wait (memory bound)
 
 
 class BasicUsers:
@@ -88,6 +89,7 @@ class Authenticator:
         self.limiter = FailureLimiter(cfg.health.failed_auth_per_minute, FAILURE_WINDOW_S,
                                       clock=clock)
         self.budget = PasswordBudget(cfg.health.basic_checks_per_minute, clock=clock)
+        self._waiting: dict[str, float] = {}  # address -> until (clock) it was told to wait
         self._secret = os.urandom(32)
         self._cache: dict[bytes, tuple[float, int, str]] = {}
         self._cache_lock = threading.Lock()
@@ -95,6 +97,22 @@ class Authenticator:
     def bearer(self, token: str) -> bool:
         """True for the current token (cheap: a stat and a SHA-256)."""
         return self.tokens.verify(token)
+
+    def told_to_wait(self, addr: str, seconds: int) -> None:
+        """``addr`` was answered 429 with ``Retry-After: seconds``."""
+        now = self.clock()
+        with self._cache_lock:
+            if len(self._waiting) >= MAX_WAITING:
+                self._waiting = {a: t for a, t in self._waiting.items() if t > now}
+                if len(self._waiting) >= MAX_WAITING:
+                    self._waiting.clear()
+            self._waiting[addr] = now + seconds
+
+    def waiting(self, addr: str) -> bool:
+        """True while ``addr`` has been told to wait (the server then reads it slowly). Called
+        for every connection on every turn of the server loop: one dict lookup when not."""
+        until = self._waiting.get(addr)
+        return until is not None and until > self.clock()
 
     def basic(self, addr: str, user: str, password: str) -> tuple[str | None, int | None]:
         """``(user, None)`` when the pair is right, ``(None, None)`` when it is wrong, and

@@ -14,20 +14,25 @@ the loop thread that owns the sockets:
   slow attacker still gets in);
 * **connections in total**: at ``max_connections`` the stalest such connection of anyone is
   closed. "Stalest": an unfinished request, oldest first, before idle kept-alive connections
-  (least recently active first); a connection whose request is being served is never chosen.
+  (least recently active first); a connection whose request is being served is never chosen;
+* **slow reading of clients told to wait**: while ``throttled(address)`` is true (the address
+  was answered 429), its connections are read at most ``throttle_per_s`` times a second, so a
+  flood of refused attempts cannot crowd out everyone else's requests: the flood's requests
+  wait in its own sockets, not in the server's queue.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 
 MAINTENANCE_S = 1  # how often the deadlines are checked (waitress' cleanup_interval)
+THROTTLE_PER_S = 5.0  # reads a second of an address that was told to wait
 
 
 class GuardedChannel(HTTPChannel):
@@ -41,6 +46,13 @@ class GuardedChannel(HTTPChannel):
         self._counted = False
         super().__init__(server, sock, addr, adj, map=map)
         self.receiving_since: float | None = self.creation_time  # a new connection owes one
+
+    def readable(self) -> bool:
+        return super().readable() and self.server.may_read(self.client)
+
+    def handle_read(self) -> None:
+        self.server.did_read(self.client)
+        super().handle_read()
 
     def received(self, data: bytes) -> bool:
         before = self.request
@@ -81,9 +93,12 @@ class GuardedServer(TcpWSGIServer):
     channel_class = GuardedChannel
 
     def __init__(self, application: Any, *, max_connections: int, per_client: int,
-                 request_timeout_s: float, **adjustments: Any):
+                 request_timeout_s: float, throttled: Callable[[str], bool] | None = None,
+                 throttle_per_s: float = THROTTLE_PER_S, **adjustments: Any):
         self.max_connections, self.per_client = max_connections, per_client
         self.request_timeout_s = request_timeout_s
+        self.throttled, self.throttle_gap_s = throttled, 1.0 / throttle_per_s
+        self._next_read: dict[str, float] = {}  # throttled address -> earliest next read
         self.clients: Counter[str] = Counter()
         self._clients_lock = threading.Lock()
         self.evicted = 0  # connections closed to make room or past their deadline
@@ -98,6 +113,18 @@ class GuardedServer(TcpWSGIServer):
             self.clients[client] += delta
             if self.clients[client] <= 0:
                 del self.clients[client]
+
+    def may_read(self, client: str) -> bool:
+        """False while ``client`` is throttled and read too recently (loop thread only)."""
+        if self.throttled is None or not self.throttled(client):
+            return True
+        return time.monotonic() >= self._next_read.get(client, 0.0)
+
+    def did_read(self, client: str) -> None:
+        if self.throttled is not None and self.throttled(client):
+            self._next_read[client] = time.monotonic() + self.throttle_gap_s
+        elif client in self._next_read:
+            del self._next_read[client]
 
     def handle_accept(self) -> None:
         try:

@@ -125,7 +125,8 @@ def start_health_server(cfg: Config, snapshot: Callable[[], dict[str, Any]], *,
     app = create_app(ThrottledSnapshot(snapshot), auth)
     server = GuardedServer(app, host=h.host, port=h.port, max_connections=h.max_connections,
                            per_client=h.max_connections_per_client,
-                           request_timeout_s=h.request_timeout_s, **_WAITRESS)
+                           request_timeout_s=h.request_timeout_s, throttled=auth.waiting,
+                           **_WAITRESS)
     hs = HealthServer(server, h.host).start()
     log.info("health endpoint listening on %s (bearer token %s, %d Basic user(s))", hs.url,
              token_path, len(auth.users))

@@ -90,3 +90,25 @@ def test_authenticated_clients_are_answered_while_80_slow_sockets_trickle(serve,
     finally:
         loris.stop()
     assert max(loris.dropped) <= 3 + 2.5  # nobody held a connection past the deadline
+
+
+def test_a_client_told_to_wait_is_read_slowly_and_cannot_crowd_out_others(serve, health_cfg):
+    import http.client
+
+    from tests.watchdog.health.conftest import basic
+    s = serve(health_cfg(limit=2))
+    for _ in range(2):
+        assert request_from("127.0.0.2", s.url, basic("alice", "wrong"))[0] == 401
+    conn = http.client.HTTPConnection("127.0.0.1", s.server.port, timeout=10,
+                                      source_address=("127.0.0.2", 0))
+    answered, end = 0, time.monotonic() + 2.0
+    while time.monotonic() < end:  # as fast as the server lets it: one keep-alive connection
+        conn.request("GET", "/health", headers={"Authorization": basic("alice", "wrong")})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 429
+        answered += 1
+    conn.close()
+    assert answered <= 5 * 2 + 3, answered  # 5 reads a second (hundreds without the throttle)
+    assert _assert_served_quickly(s, seconds=1, worst_s=0.5) > 5  # others are not slowed
+    assert request_from("127.0.0.2", s.url, bearer(s.token))[0] == 200  # the token still passes
