@@ -49,7 +49,10 @@ def _serve(data_dir: str, port: int, fail_limit: int) -> None:
     """Child: the health server over a data dir whose 'bot' (this process) beats every 0.2 s."""
     cfg = load_config(None, data_dir=data_dir, logs_dir=Path(data_dir) / "logs",
                       env={"TRADEGUARD_HEALTH_PORT": str(port),
-                           "TRADEGUARD_HEALTH_FAILED_AUTH_PER_MINUTE": str(fail_limit)})
+                           "TRADEGUARD_HEALTH_FAILED_AUTH_PER_MINUTE": str(fail_limit),
+                           # "limit off" lifts the global budget too (issue 19), else it is default
+                           **({"TRADEGUARD_HEALTH_BASIC_CHECKS_PER_MINUTE": "100000"}
+                              if fail_limit >= 100000 else {})})
     paths = cfg.runtime
     write_pidfile(paths.pidfile)
     wd = {"pid": os.getpid(), "ts": time.time(), "manager": "standalone", "verdict": "healthy",

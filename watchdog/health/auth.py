@@ -14,6 +14,9 @@ Order of a Basic attempt (:meth:`Authenticator.basic`), each step before the nex
    429 — again before the cache, or a cache lookup would test guesses for free;
 3. the success cache; 4. scrypt, which takes one verification from the budget.
 
+Password checks run in one thread of their own at a lower CPU priority (nice +10), so a
+flood's checks yield the CPU to the bot and to everyone else's requests.
+
 The bearer token is not behind either limit: it is a 384-bit random secret that nobody can
 guess, checked with one SHA-256, so a monitor sharing an address with strangers (a proxy, a
 NAT) keeps working while they are refused.
@@ -26,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from tradeguard.config import Config
@@ -41,6 +45,14 @@ log = logging.getLogger(__name__)
 FAILURE_WINDOW_S = 60.0
 MAX_CACHED = 1024
 MAX_WAITING = 10000  # addresses remembered as told to wait (memory bound)
+HASHER_NICE = 10
+
+
+def _lower_priority() -> None:
+    try:  # Linux: a thread's own priority (its native id); elsewhere the call may fail: fine
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHER_NICE)
+    except (OSError, AttributeError):
+        log.debug("password checks run at normal priority")
 
 
 class BasicUsers:
@@ -89,6 +101,8 @@ class Authenticator:
         self.limiter = FailureLimiter(cfg.health.failed_auth_per_minute, FAILURE_WINDOW_S,
                                       clock=clock)
         self.budget = PasswordBudget(cfg.health.basic_checks_per_minute, clock=clock)
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="health-scrypt",
+                                          initializer=_lower_priority)
         self._waiting: dict[str, float] = {}  # address -> until (clock) it was told to wait
         self._secret = os.urandom(32)
         self._cache: dict[bytes, tuple[float, int, str]] = {}
@@ -132,12 +146,17 @@ class Authenticator:
             return None, retry
         try:
             stored = self.users.get(user)
-            ok = verify_password(password, stored or DUMMY_HASH) and stored is not None
+            ok = self._hasher.submit(verify_password, password, stored or DUMMY_HASH).result()
+            ok = ok and stored is not None
         finally:
             self.budget.release()
         if ok and self.cache_s > 0:
             self._remember(key, gen, user)
         return (user if ok else None), None
+
+    def close(self) -> None:
+        """Stop the password-check thread (after a check in progress)."""
+        self._hasher.shutdown(wait=True)
 
     def _remember(self, key: bytes, gen: int, user: str) -> None:
         with self._cache_lock:

@@ -60,8 +60,9 @@ class ThrottledSnapshot:
 class HealthServer:
     """A running health endpoint: ``.port``, ``.url``, ``.stop()``."""
 
-    def __init__(self, server: Any, host: str):
+    def __init__(self, server: Any, host: str, auth: Authenticator | None = None):
         self._server = server
+        self._auth = auth
         self.host = host
         self.port = int(server.effective_port)
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}"
@@ -102,6 +103,8 @@ class HealthServer:
         if self._thread.is_alive():
             log.warning("health endpoint loop did not stop in %.1fs; closing from outside", timeout)
             wasyncore.close_all(server._map, ignore_all=True)
+        if self._auth is not None:
+            self._auth.close()
         log.info("health endpoint on %s stopped", self.url)
 
 
@@ -127,7 +130,7 @@ def start_health_server(cfg: Config, snapshot: Callable[[], dict[str, Any]], *,
                            per_client=h.max_connections_per_client,
                            request_timeout_s=h.request_timeout_s, throttled=auth.waiting,
                            **_WAITRESS)
-    hs = HealthServer(server, h.host).start()
+    hs = HealthServer(server, h.host, auth).start()
     log.info("health endpoint listening on %s (bearer token %s, %d Basic user(s))", hs.url,
              token_path, len(auth.users))
     return hs

@@ -85,3 +85,15 @@ def test_the_bearer_scheme_is_case_insensitive(serve, health_cfg):
         status, _, body = request_from("127.0.0.1", s.url, f"{scheme} {s.token}")
         assert status in (200, 503) and "status" in json.loads(body), scheme
     assert request_from("127.0.0.1", s.url, f"bearer {s.token[:-1]}x")[0] == 401
+
+
+def test_password_checks_run_in_one_thread_at_lower_priority(serve, health_cfg):
+    import os
+    import threading
+
+    s = _serve_user(serve, health_cfg)
+    assert request_from("127.0.0.1", s.url, basic("alice", PASSWORD))[0] == 200
+    (hasher,) = [t for t in threading.enumerate() if t.name.startswith("health-scrypt")]
+    assert os.getpriority(os.PRIO_PROCESS, hasher.native_id) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    s.server.stop()
+    assert not hasher.is_alive()
