@@ -52,7 +52,10 @@ def _serve(data_dir: str, port: int, fail_limit: int) -> None:
                            "TRADEGUARD_HEALTH_FAILED_AUTH_PER_MINUTE": str(fail_limit),
                            # "limit off" lifts the global budget too (issue 19), else it is default
                            **({"TRADEGUARD_HEALTH_BASIC_CHECKS_PER_MINUTE": "100000"}
-                              if fail_limit >= 100000 else {})})
+                              if fail_limit >= 100000 else {}),
+                           # other [health] settings to try, e.g. TRADEGUARD_HEALTH_MAX_CONNECTIONS
+                           **{k: v for k, v in os.environ.items()
+                              if k.startswith("TRADEGUARD_HEALTH_") and k != "TRADEGUARD_HEALTH_PORT"}})
     paths = cfg.runtime
     write_pidfile(paths.pidfile)
     wd = {"pid": os.getpid(), "ts": time.time(), "manager": "standalone", "verdict": "healthy",
@@ -114,9 +117,10 @@ def _load(port: int, auth: str, seconds: float, clients: int) -> tuple[int, list
 ATTACK_SOURCES = [f"127.0.0.{i}" for i in range(2, 22)]
 
 
-def _attack(port: int, seconds: float, ready: "mp.Event", out: "mp.Queue[dict]") -> None:
-    """Child: 80 slow sockets and a wrong-password flood from 20 addresses for ``seconds``."""
-    loris = SlowLoris("127.0.0.1", port, 80, ATTACK_SOURCES, every_s=0.5).start()
+def _attack(port: int, seconds: float, ready: "mp.Event", out: "mp.Queue[dict]", slow: int,
+            flooders: int) -> None:
+    """Child: ``slow`` slow sockets and a wrong-password flood from ``flooders`` addresses."""
+    loris = SlowLoris("127.0.0.1", port, slow, ATTACK_SOURCES, every_s=0.5).start()
     statuses: dict[int, int] = {}
     lock = threading.Lock()
     end = time.monotonic() + seconds
@@ -141,29 +145,38 @@ def _attack(port: int, seconds: float, ready: "mp.Event", out: "mp.Queue[dict]")
             for k, v in seen.items():
                 statuses[k] = statuses.get(k, 0) + v
 
-    threads = [threading.Thread(target=flood, args=(s,)) for s in ATTACK_SOURCES]
+    threads = [threading.Thread(target=flood, args=(s,)) for s in ATTACK_SOURCES[:flooders]]
+    started = time.monotonic()
     ready.set()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    while time.monotonic() < end:  # the slow sockets go on for the whole measure
+        time.sleep(0.1)
     held = max(loris.dropped, default=0.0)
     connects = loris.connects
     loris.stop()
-    out.put({"statuses": statuses, "slow_connects": connects, "slow_held_max_s": held})
+    out.put({"statuses": statuses, "slow_connects": connects, "slow_held_max_s": held,
+             "seconds": time.monotonic() - started})
 
 
-def _under_attack(port: int, token: str, args: argparse.Namespace) -> tuple[float, float, dict]:
+def _under_attack(port: int, token: str, args: argparse.Namespace,
+                  server_pid: int) -> tuple[float, float, dict]:
     ctx = mp.get_context("spawn")
     total = args.rounds * args.seconds + 12  # warm-up of the attack included
     ready, q = ctx.Event(), ctx.Queue()
-    attacker = ctx.Process(target=_attack, args=(port, total, ready, q), daemon=True)
+    attacker = ctx.Process(target=_attack, args=(port, total, ready, q, args.slow, args.flooders),
+                           daemon=True)
     attacker.start()
     try:
         ready.wait(30)
         time.sleep(10)  # a constant warm-up, not a wait for a condition: the attack settles
-        rate, p99 = _throughput(port, f"Bearer {token}", args)
+        cpu0, t0 = _cpu_s(server_pid), time.monotonic()
+        rate, p99, n = _throughput_n(port, f"Bearer {token}", args)
+        cpu, wall = _cpu_s(server_pid) - cpu0, time.monotonic() - t0
         stats = q.get(timeout=total + 60)
+        stats.update(cpu_pct=100 * cpu / wall, cpu_ms_per_req=1000 * cpu / n)
     finally:
         attacker.join(30)
         if attacker.is_alive():
@@ -193,6 +206,11 @@ def _basic(user: str, password: str) -> str:
 
 
 def _throughput(port: int, auth: str, args: argparse.Namespace) -> tuple[float, float]:
+    return _throughput_n(port, auth, args)[:2]
+
+
+def _throughput_n(port: int, auth: str, args: argparse.Namespace) -> tuple[float, float, int]:
+    """(median req/s, p99 ms, requests served) over the rounds."""
     rates, lats = [], []
     _load(port, auth, 0.5, args.clients)  # warm-up (and the first scrypt for Basic)
     for _ in range(args.rounds):
@@ -201,7 +219,11 @@ def _throughput(port: int, auth: str, args: argparse.Namespace) -> tuple[float, 
         rates.append(n / args.seconds)
         lats += lat
     lats.sort()
-    return statistics.median(rates), lats[int(len(lats) * 0.99)] * 1000
+    return statistics.median(rates), lats[int(len(lats) * 0.99)] * 1000, len(lats)
+
+
+def _cpu_s(pid: int) -> float:
+    return sum(psutil.Process(pid).cpu_times()[:2])
 
 
 def _flood(data_dir: Path, fail_limit: int, args: argparse.Namespace) -> dict[str, float]:
@@ -230,6 +252,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--attack-only", action="store_true", help="only the issue 19 measure")
+    ap.add_argument("--slow", type=int, default=80, help="slow sockets of the attack")
+    ap.add_argument("--flooders", type=int, default=20, help="flooding addresses (at most 20)")
     args = ap.parse_args()
     if args.attack_only:
         return _attack_report(args)
@@ -273,18 +297,26 @@ def _attack_report(args: argparse.Namespace) -> int:
         server, port = _start_server(data, 10)
         try:
             token = (data / "health.token").read_text().strip()
-            calm_rate, calm_p99 = _throughput(port, f"Bearer {token}", args)
-            rate, p99, stats = _under_attack(port, token, args)
+            cpu0, t0 = _cpu_s(server.pid), time.monotonic()
+            calm_rate, calm_p99, n = _throughput_n(port, f"Bearer {token}", args)
+            calm_cpu, calm_wall = _cpu_s(server.pid) - cpu0, time.monotonic() - t0
+            rate, p99, stats = _under_attack(port, token, args, server.pid)
         finally:
             server.kill()
             server.join()
     st = stats["statuses"]
     print(f"bearer /health, {args.clients} keep-alive clients from 127.0.0.1, "
           f"{args.rounds} x {args.seconds:g}s, default limits")
-    print(f"  no attack             : median {calm_rate:8.0f} req/s   p99 {calm_p99:6.2f} ms")
-    print(f"  80 slow sockets + flood: median {rate:8.0f} req/s   p99 {p99:6.2f} ms")
-    print(f"  flood from 20 addresses: {sum(st.values())} attempts: {st.get(401, 0)} x 401 "
-          f"(scrypt runs), {st.get(429, 0)} x 429, {st.get(0, 0)} connection errors")
+    print(f"  no attack             : median {calm_rate:8.0f} req/s   p99 {calm_p99:6.2f} ms   "
+          f"server CPU {100 * calm_cpu / calm_wall:.0f}% of a core, "
+          f"{1000 * calm_cpu / n:.2f} ms per request")
+    print(f"  {args.slow} slow sockets + flood from {args.flooders}: median {rate:8.0f} req/s   "
+          f"p99 {p99:6.2f} ms   server CPU {stats['cpu_pct']:.0f}% of a core, "
+          f"{stats['cpu_ms_per_req']:.2f} ms per authenticated request")
+    minutes = stats["seconds"] / 60
+    print(f"  flood from {args.flooders} addresses for {stats['seconds']:.0f}s: {sum(st.values())} attempts: "
+          f"{st.get(401, 0)} x 401 (scrypt runs: {st.get(401, 0) / minutes:.0f} a minute), "
+          f"{st.get(429, 0)} x 429, {st.get(0, 0)} connection errors")
     print(f"  slow sockets: {stats['slow_connects']} connections opened, longest held "
           f"{stats['slow_held_max_s']:.1f} s")
     return 0
