@@ -258,9 +258,7 @@ def main() -> int:
     if args.attack_only:
         return _attack_report(args)
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        cfg = load_config(None, data_dir=data, logs_dir=Path(tmp) / "logs", env={})
-        set_password(credentials_path(cfg), USER, PASSWORD)
+        data = _data_dir_with_user(Path(tmp))
         server, port = _start_server(data, 10)
         try:
             token = (data / "health.token").read_text().strip()
@@ -289,11 +287,17 @@ def main() -> int:
     return _attack_report(args)
 
 
+def _data_dir_with_user(tmp: Path) -> Path:
+    """A data dir under ``tmp`` with the Basic user USER."""
+    data = tmp / "data"
+    cfg = load_config(None, data_dir=data, logs_dir=tmp / "logs", env={})
+    set_password(credentials_path(cfg), USER, PASSWORD)
+    return data
+
+
 def _attack_report(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        cfg = load_config(None, data_dir=data, logs_dir=Path(tmp) / "logs", env={})
-        set_password(credentials_path(cfg), USER, PASSWORD)
+        data = _data_dir_with_user(Path(tmp))
         server, port = _start_server(data, 10)
         try:
             token = (data / "health.token").read_text().strip()
