@@ -67,7 +67,7 @@ def create_app(snapshot: Snapshot, auth: Authenticator) -> Flask:
     def _verify_token(tok: str) -> bool:
         return auth.bearer(tok)
 
-    def deny(_status: int = 401) -> Response:
+    def deny() -> Response:
         addr = _client()
         retry = g.get("retry_after") or auth.limiter.retry_after(addr)
         if retry is None and request.headers.get("Authorization") is not None:
@@ -86,9 +86,7 @@ def create_app(snapshot: Snapshot, auth: Authenticator) -> Flask:
     @app.before_request
     def _authenticate() -> Response | None:
         header = request.headers.get("Authorization", "")
-        if len(header) > MAX_AUTH_HEADER:
-            return deny()
-        if not authenticated():
+        if len(header) > MAX_AUTH_HEADER or not authenticated():
             return deny()
         if request.method == "OPTIONS":
             return Response(status=204, headers={"Allow": "GET, HEAD, OPTIONS"})
