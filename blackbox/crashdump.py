@@ -30,7 +30,7 @@ from typing import IO, Any, Callable
 
 from blackbox import recorder
 from blackbox.dumps import dump_name, prune
-from blackbox.redact import redact, redact_text
+from blackbox.redact import redact, redact_config, redact_text
 from tradeguard.fsutil import write_atomic
 from tradeguard.paths import RuntimePaths
 
@@ -68,13 +68,14 @@ _prev_sigusr1: Any = signal.SIG_DFL
 def install(paths: RuntimePaths, role: str, config: dict[str, Any] | None = None) -> None:
     """Set up crash dumps for this process (``role``: bot, watchdog, ...). Never raises.
 
-    ``config`` is the effective configuration to include (redacted) in every dump.
+    ``config`` is the effective configuration to include in every dump, redacted here once
+    (:func:`~blackbox.redact.redact_config`: ``[health] users`` never reaches a dump).
     """
     global _state
     try:
         paths.crash_dir.mkdir(parents=True, exist_ok=True)
         with _lock:
-            previous, _state = _state, _Installed(paths, role, dict(config or {}))
+            previous, _state = _state, _Installed(paths, role, redact_config(config or {}))
             if previous is not None:
                 _close_fault_file(previous)
                 _state.peak_stats, _state.growth_since = previous.peak_stats, previous.growth_since

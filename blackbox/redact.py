@@ -1,6 +1,7 @@
 """Secret redaction, applied before anything is written (events, logs, crash dumps, responses).
 
-Two nets: by field name (``api_key``, ``secret``, ``password``, ``token``, ``signature``, ...)
+Three nets: by place (:func:`redact_config` masks whole configuration keys that hold
+credentials, such as ``[health] users``, whatever their values look like), by field name (``api_key``, ``secret``, ``password``, ``token``, ``signature``, ...)
 and by value pattern (HMAC-looking hex, long base64/hex runs, ``Bearer ...``, URL credentials
 and signature query parameters). Exact secret values registered at run time with
 :func:`register_secret` (the exchange secret, the field key, the health token) are replaced
@@ -19,6 +20,9 @@ _NAME_RE = re.compile(
     r"(secret|passw|passphrase|api[_-]?key|apikey|token|signature|private|credential|"
     r"authorization|cookie|field[_-]?key|webhook_url|smtp_password)", re.I)
 _VALUE_PATTERNS = [
+    # a password hash (``tradeguard health passwd``): its base64 may hold "/", which the
+    # long-token pattern below leaves alone for the sake of file paths
+    re.compile(r"(scrypt\$)[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/=]*\$[A-Za-z0-9+/=]*()"),
     re.compile(r"(?i)\b(bearer\s+|basic\s+)[A-Za-z0-9._~+/=-]{8,}()"),
     re.compile(r"(?i)([?&](?:signature|api[_-]?key|token|secret)=)[^&\s\"']+()"),
     re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+(@)"),
@@ -27,6 +31,8 @@ _VALUE_PATTERNS = [
     re.compile(r"(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+_-]*[0-9])(?=[A-Za-z0-9+_-]*[A-Z])"
                r"(?=[A-Za-z0-9+_-]*[a-z])[A-Za-z0-9+_-]{40,}={0,2}(?![A-Za-z0-9+/_-])"),
 ]
+# (section, key) of configuration values that are credentials as a whole: masked by place.
+CREDENTIAL_CONFIG_KEYS = frozenset({("health", "users")})
 _registered: set[str] = set()
 _lock = threading.Lock()
 _generation = 0  # bumped by register_secret so that no cached result predates a secret
@@ -111,3 +117,15 @@ def redact(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, bytes):
         return redact_text(obj.decode("utf-8", "replace"))
     return obj
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A redacted copy of a configuration (``Config.to_dict()``): every credential-bearing key
+    of :data:`CREDENTIAL_CONFIG_KEYS` masked whole, then the name and value nets."""
+    out = {name: dict(section) if isinstance(section, dict) else section
+           for name, section in config.items()}
+    for name, key in CREDENTIAL_CONFIG_KEYS:
+        section = out.get(name)
+        if isinstance(section, dict) and section.get(key) not in (None, "", {}, []):
+            section[key] = MASK
+    return redact(out)

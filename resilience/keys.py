@@ -14,7 +14,9 @@ be killed at any point and run again; every row stays readable throughout:
    swapped: the old key is linked to ``keys/field.key.<old id>.retired``, then ``field.key.next``
    atomically replaces ``field.key``.
 4. A last pass re-encrypts anything written under the old key meanwhile, verifies again, and
-   removes the retired key.
+   removes the retired key, and any temp file a key write killed midway left behind
+   (``.field.key.next.<pid>.tmp``: a SIGKILL between its link and its unlink leaves a second
+   name of the key), so that afterwards no file in ``keys/`` holds the old key.
 
 Every process that loads the key (:func:`ensure_cipher`) also loads a pending ``field.key.next``
 (and encrypts under it) and any ``*.retired`` key, so a rotation interrupted between any two
@@ -208,6 +210,15 @@ def _rotation_lock(paths: RuntimePaths) -> Iterator[None]:
         os.close(fd)
 
 
+def _remove_key_temps(paths: RuntimePaths) -> None:
+    """Delete temp files of key writes (``.field.key*.<pid>.tmp``). Called under the rotation
+    lock while ``field.key`` exists, when no other process writes a key file (``keys generate``
+    refuses then), so every such file is a leftover of a writer that died."""
+    for p in paths.keys_dir.glob(".field.key*.tmp"):
+        p.unlink(missing_ok=True)
+        log.info("removed %s, left by a key write that was killed midway", p.name)
+
+
 def _refuse_if_bot_runs(paths: RuntimePaths) -> None:
     info = read_pidfile(paths.pidfile)
     if info is not None and process_for(info) is not None:
@@ -246,6 +257,7 @@ def rotate_field_key(paths: RuntimePaths, *, batch_size: int = 500,
     report = progress or (lambda phase, n: None)
     with _rotation_lock(paths):
         current = _read_key_file(paths.field_key)
+        _remove_key_temps(paths)
         pending, retired = load_pending_keys(paths)
         resumed = pending is not None or bool(retired)
         _refuse_unsound_db(paths, FieldCipher.from_keys(current, *retired,
@@ -280,6 +292,7 @@ def rotate_field_key(paths: RuntimePaths, *, batch_size: int = 500,
                 store.close()
         for p in paths.keys_dir.glob("field.key.*.retired"):
             p.unlink()
+        _remove_key_temps(paths)
         fsync_dir(paths.keys_dir)
         report("done", done)
     old_id = key_id(current) if pending is not None else (key_id(old[0]) if old else key_id(new))

@@ -5,6 +5,7 @@ Only commands that work are registered, so ``--help`` never lists a promise.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -49,7 +50,14 @@ for _mod, _attr in COMMANDS:
     cli.add_command(getattr(importlib.import_module(f"tradeguard.commands.{_mod}"), _attr))
 
 
+# Every tradeguard process (each is started through main(), supervisord's and systemd's children
+# too) creates its files for its owner alone, whatever umask it inherited: state, keys, logs,
+# dumps and sockets carry positions, tokens and exchange details (systemd's UMask= agrees).
+UMASK = 0o077
+
+
 def main() -> None:
+    os.umask(UMASK)
     cli(prog_name="tradeguard")
 
 

@@ -163,6 +163,10 @@ class HealthConfig:
     credentials_file: str = _f("", "File of 'user:scrypt-hash' lines (default: data_dir/health.users).")
     failed_auth_per_minute: int = _f(10, "Failed attempts per client address per minute before 429.", min=1, max=100000)
     auth_cache_s: float = _f(60.0, "Lifetime of a cached successful Basic verification.", min=0, max=3600)
+    basic_checks_per_minute: int = _f(30, "scrypt checks a minute from all client addresses together (at least 10 at once), then 429.", min=1, max=100000)
+    max_connections: int = _f(256, "Open connections in total; beyond it the stalest incomplete one is closed.", min=8, max=4096)
+    max_connections_per_client: int = _f(16, "Open connections per client address (raise it behind a proxy).", min=1, max=4096)
+    request_timeout_s: float = _f(10.0, "Longest time to receive one whole request (headers included).", min=1, max=300)
 
 
 @dataclass(frozen=True)

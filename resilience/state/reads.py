@@ -49,9 +49,7 @@ class _Reads:
                     self._conn.finish_statements()  # no statement (or read snapshot) lingers
 
     def _dec(self, table: str, pk: Any, column: str, blob: bytes | None) -> str | None:
-        if blob is None:
-            return "" if self._cipher is not None else None
-        if self._cipher is None:
+        if blob is None or self._cipher is None:  # no value (NULL), or no key to read it
             return None
         return self._cipher.decrypt(table, pk, column, blob).decode("utf-8")
 

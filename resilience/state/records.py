@@ -54,7 +54,7 @@ class Order:
     attempts: int
     created_at: float
     updated_at: float
-    reason: str | None  # None when read without the field key
+    reason: str | None  # None when there is none, or when read without the field key
     raw: Any            # the exchange's payload (decrypted JSON), or None
 
     @property
@@ -101,4 +101,4 @@ class Transition:
     from_state: str | None
     to_state: str
     ts: float
-    note: str | None  # None when read without the field key
+    note: str | None  # None when there is none, or when read without the field key

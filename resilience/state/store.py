@@ -13,6 +13,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from blackbox.redact import redact_text
 from resilience import schema
 from resilience.crypto import FieldCipher
 from resilience.state.canary import CANARY, _canary_blob
@@ -31,6 +32,13 @@ log = logging.getLogger("resilience.state")  # the package's name: JSON logs and
 
 EventCallback = Callable[..., None]
 Progress = Callable[[str, int], None]
+
+
+def _clean(text: str) -> str:
+    """Free text as it may be stored: exchange error messages echo requests (API keys,
+    signatures) and backups copy this file with its key beside it, so the same redaction as
+    the logs and the black box runs here, for every writer, before anything is encrypted."""
+    return redact_text(text) if text else text
 
 
 def _dumps(value: Any) -> str:
@@ -180,7 +188,7 @@ class StateStore(_Reads):
                note: str, now: float) -> None:
         # The id is chosen here (under the write lock) because the note is bound to it.
         tid = _one(c, "SELECT COALESCE(MAX(id), 0) + 1 FROM transitions")[0]
-        blob = self._enc("transitions", tid, "note", note) if note else None
+        blob = self._enc("transitions", tid, "note", _clean(note)) if note else None
         c.execute("INSERT INTO transitions(id, client_order_id, from_state, to_state, ts, note) "
                   "VALUES (?, ?, ?, ?, ?, ?)", (tid, cid, frm, to, now, blob))
 
@@ -189,7 +197,7 @@ class StateStore(_Reads):
         """Mark (or clear) that the bot must rebuild its state from the exchange before trading."""
         with self._write() as c:
             self._meta_set(c, "needs_reconciliation", "1" if flag else "0")
-            self._meta_set(c, "needs_reconciliation_reason", reason if flag else "")
+            self._meta_set(c, "needs_reconciliation_reason", _clean(reason) if flag else "")
 
     # --- orders -------------------------------------------------------------------------
     def next_client_order_id(self, bot_id: str, *, emergency: bool = False) -> tuple[str, int]:
@@ -222,9 +230,9 @@ class StateStore(_Reads):
         self._validate_new(o)
         price = None if o.price is None else float(o.price)
         now = time.time()
+        text = _clean(o.reason)
         with self._write() as c:
-            reason = self._enc("orders", o.client_order_id, "reason", o.reason) \
-                if o.reason else None
+            reason = self._enc("orders", o.client_order_id, "reason", text) if text else None
             try:
                 c.execute(
                     "INSERT INTO orders(client_order_id, seq, bot_id, origin, purpose, symbol, "
@@ -238,7 +246,7 @@ class StateStore(_Reads):
             self._audit(c, o.client_order_id, None, "INTENT", "", now)  # reason: on the order
         return Order(o.client_order_id, int(o.seq), o.bot_id, o.origin, o.purpose, o.symbol,
                      o.side, o.type, float(o.amount), price, "INTENT", 0.0, None, 0.0, None, 0,
-                     now, now, o.reason, None)
+                     now, now, text or None, None)
 
     @staticmethod
     def _validate_new(o: NewOrder) -> None:
@@ -295,7 +303,7 @@ class StateStore(_Reads):
             elif k == "exchange_order_id":
                 out[k] = None if v is None else str(v)
             elif k == "reason":
-                out[k] = self._enc("orders", cid, "reason", str(v)) if v else None
+                out[k] = self._enc("orders", cid, "reason", _clean(str(v))) if v else None
             elif k == "raw":
                 out[k] = None if v is None else self._enc("orders", cid, "raw", _dumps(v))
         return out

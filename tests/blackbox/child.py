@@ -8,6 +8,7 @@ Scenarios:
   main        the main thread dies of an unhandled exception
   segv        install crash dumps, then crash with SIGSEGV (faulthandler writes its file)
   ring KB N   a ring of KB KiB; record N events, take a dump, print its path
+  config TOML install crash dumps with the tradeguard config of TOML, take a dump, print its path
 """
 from __future__ import annotations
 
@@ -112,6 +113,13 @@ def ring(data: Path, logs: Path, kb: int, n: int) -> None:
     print(crashdump.dump("SIGTERM"), flush=True)
 
 
+def config_dump(paths: RuntimePaths, toml: Path) -> None:
+    from tradeguard.config import load_config
+    cfg = load_config(toml, data_dir=paths.data_dir, logs_dir=paths.logs_dir, env={})
+    crashdump.install(paths, "config", cfg.to_dict())
+    print(crashdump.dump("SIGTERM"), flush=True)
+
+
 def main(argv: list[str]) -> None:
     scenario, data, logs = argv[0], Path(argv[1]), Path(argv[2])
     if scenario == "ring":
@@ -129,6 +137,8 @@ def main(argv: list[str]) -> None:
         main_thread(paths)
     elif scenario == "segv":
         segv(paths)
+    elif scenario == "config":
+        config_dump(paths, Path(argv[3]))
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
 

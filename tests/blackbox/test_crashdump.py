@@ -140,3 +140,29 @@ def test_two_dumps_in_the_same_millisecond_are_both_kept_private(tmp_path):
     assert [json.loads(p.read_text())["reason"] for p in (first, second)] == ["sigusr1", "sigterm"]
     assert {oct(p.stat().st_mode & 0o777) for p in (first, second)} == {"0o600"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, second.name])
+
+
+def test_a_dump_never_carries_health_users_or_their_hashes(paths, child, tmp_path):
+    """20 hashes as `tradeguard health passwd` writes them (about half have a "/" in their
+    base64, which the generic token pattern leaves alone): none reaches the dump."""
+    import random
+
+    from watchdog.health.passwords import HASH_BYTES, SALT_BYTES, SCRYPT_N, ScryptHash
+
+    rnd = random.Random(19)
+    hashes = {f"user{i}": ScryptHash(SCRYPT_N, 8, 1, rnd.randbytes(SALT_BYTES),
+                                     rnd.randbytes(HASH_BYTES)).encode() for i in range(20)}
+    assert sum("/" in h for h in hashes.values()) >= 5
+    toml = tmp_path / "tradeguard.toml"
+    toml.write_text("[health]\nusers = { " + ", ".join(f'{u} = "{h}"' for u, h in hashes.items()) + " }\n")
+    p = child("config", str(toml))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    text = Path(out.strip()).read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert data["config"]["health"]["users"] == "***"
+    assert data["config"]["health"]["port"] == 8080  # the rest of the config is still there
+    for user, h in hashes.items():
+        for part in h.split("$")[4:]:  # salt and digest
+            assert part not in text, f"{user}'s hash leaked"
+        assert user not in text

@@ -28,3 +28,20 @@ def test_a_registered_secret_is_masked_even_in_text_seen_before_it_was_registere
     register_secret("qwerty-uiop-7731")
     assert redact_text(text) == f"the key is {MASK}"
     assert redact([text, b"qwerty-uiop-7731"]) == [f"the key is {MASK}", MASK]
+
+
+def test_password_hashes_are_masked_in_free_text_whatever_their_base64_holds():
+    from blackbox.redact import redact_text
+    for h in ("scrypt$16384$8$1$ab/cd+ef==$Zm9v/YmFy+YmF6/cXV4cXV4cXV4cXV4cXV4cXV4cXU=",
+              "scrypt$16384$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g="):
+        masked = redact_text(f"alice:{h} (line 3)")
+        assert masked == "alice:scrypt$*** (line 3)", masked
+
+
+def test_redact_config_masks_credential_tables_by_place():
+    from blackbox.redact import redact_config
+    cfg = {"health": {"users": {"bob": "not-even-a-hash"}, "port": 8080}, "bot": {"x": 1}}
+    out = redact_config(cfg)
+    assert out == {"health": {"users": "***", "port": 8080}, "bot": {"x": 1}}
+    assert cfg["health"]["users"] == {"bob": "not-even-a-hash"}  # the caller's copy untouched
+    assert redact_config({"health": {"users": {}}})["health"]["users"] == {}

@@ -5,6 +5,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 
 from resilience import schema
 from resilience.crypto import FieldCipher, blob_key_id, key_id
-from resilience.keys import (ensure_cipher, generate_field_key, load_field_key, next_key_path,
-                             rotate_field_key)
+from resilience.keys import (encode_key, ensure_cipher, generate_field_key, load_field_key,
+                             next_key_path, rotate_field_key)
 from resilience.state import Fill, StateStore
 from tests.helpers.proc import REPO, child_env, run_cli, tradeguard_cmd
 from tests.resilience._state_support import LineReader, intent
@@ -168,3 +169,46 @@ def test_rotation_refuses_a_damaged_database_and_keeps_the_old_key(paths):
         rotate_field_key(paths, environ={})
     assert load_field_key(paths, environ={}) == old and not next_key_path(paths).exists()
     assert not list(paths.data_dir.glob("state.db.corrupt-*"))  # nothing was moved aside
+
+
+KILL_AT_UNLINK = """
+import os, signal, sys
+from pathlib import Path
+real_unlink = os.unlink
+def unlink(path, *a, **kw):  # SIGKILL between the link of field.key.next and its temp's unlink
+    if ".field.key.next." in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_unlink(path, *a, **kw)
+os.unlink = unlink
+from resilience.keys import rotate_field_key
+from tradeguard.paths import RuntimePaths
+rotate_field_key(RuntimePaths(Path(sys.argv[1]), Path(sys.argv[2])), environ={})
+"""
+
+
+def test_a_key_write_killed_between_link_and_unlink_leaves_no_copy_of_the_old_key(paths):
+    old = _populate(paths, 4)
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_UNLINK, str(paths.data_dir),
+                           str(paths.logs_dir)], cwd=REPO, env=child_env(), timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = list(paths.keys_dir.glob(".field.key.next.*.tmp"))
+    assert leftovers and next_key_path(paths).exists()  # the temp is a second name of the new key
+    middle = _read_key_file_bytes(next_key_path(paths))
+    for _ in range(2):  # finish the interrupted rotation, then rotate once more
+        done = run_cli("keys", "rotate", "--data-dir", str(paths.data_dir),
+                       "--logs-dir", str(paths.logs_dir))
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in paths.keys_dir.iterdir()) == [".rotate.lock", "field.key"]
+    assert paths.field_key.stat().st_nlink == 1
+    current = load_field_key(paths, environ={})
+    assert current not in (old, middle)
+    for p in paths.data_dir.rglob("*"):  # "the old key is gone": no file holds either old key
+        if p.is_file() and p.stat().st_size < 4096:
+            text = p.read_bytes()
+            for gone in (old, middle):
+                assert encode_key(gone).encode() not in text, p
+
+
+def _read_key_file_bytes(path: Path) -> bytes:
+    from resilience.keys import parse_key
+    return parse_key(path.read_text(), str(path))

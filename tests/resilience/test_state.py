@@ -58,7 +58,7 @@ def test_intent_is_committed_with_its_audit_row(store, data_dir):
         raw_reason = c.execute("SELECT reason FROM orders").fetchone()[0]
     assert b"breakout" not in raw_reason  # encrypted at rest
     [t] = store.transitions(o.client_order_id)
-    assert (t.from_state, t.to_state, t.note) == (None, "INTENT", "")
+    assert (t.from_state, t.to_state, t.note) == (None, "INTENT", None)  # no note: NULL, None
     with pytest.raises(StateError, match="already exists"):
         store.add_intent(NewOrder(o.client_order_id, o.seq, "tg1", "BTC/USDT", "buy", "market", 1))
 
@@ -107,10 +107,10 @@ def test_transition_updates_fields_and_audits(store):
     assert fee.fee == 0.0101 and fee.raw == {"orderId": 12345, "status": "NEW"}
     assert fee.attempts == 1 and fee.is_terminal and fee.remaining == 0
     trail = [(t.from_state, t.to_state, t.note) for t in store.transitions(cid)]
-    assert trail == [(None, "INTENT", ""), ("INTENT", "SUBMITTING", ""),
+    assert trail == [(None, "INTENT", None), ("INTENT", "SUBMITTING", None),
                      ("SUBMITTING", "UNKNOWN", "RequestTimeout: read timed out"),
-                     ("UNKNOWN", "OPEN", ""), ("OPEN", "FILLED", "filled"),
-                     ("FILLED", "FILLED", "")]
+                     ("UNKNOWN", "OPEN", None), ("OPEN", "FILLED", "filled"),
+                     ("FILLED", "FILLED", None)]
     with pytest.raises(StateError, match="unknown field"):
         store.transition(cid, "FILLED", colour="red")
     with pytest.raises(StateError, match="must be a finite"):

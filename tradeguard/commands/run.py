@@ -10,16 +10,15 @@ from tradeguard.config import Config
 
 
 def _announce_health(cfg: Config) -> None:
-    """Print where the health endpoint is and, on first start only, its new token."""
+    """Print where the health endpoint is and where its token is (never the token: a terminal's
+    scrollback, a tmux log or a CI log would keep it)."""
     if not cfg.health.enabled or importlib.util.find_spec("watchdog.health.tokens") is None:
         return
     from watchdog.health.tokens import ensure_token
 
-    token, path = ensure_token(cfg.runtime)
+    created, path = ensure_token(cfg.runtime)
     click.echo(f"health endpoint: http://{cfg.health.host}:{cfg.health.port}/health "
-               f"(bearer token in {path})")
-    if token:
-        click.echo(f"  new token (shown once): {token}")
+               f"(bearer token {'created in' if created else 'in'} {path}, mode 0600)")
 
 
 @click.command("run")

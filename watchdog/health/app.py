@@ -2,8 +2,10 @@
 
 Authentication runs in ``before_request`` through flask-httpauth (Basic or Bearer, chosen by
 the scheme of the ``Authorization`` header). Failures get one uniform 401 (or 429 with
-``Retry-After`` once the client is over ``failed_auth_per_minute``), whatever went wrong:
-nothing tells a stranger which part was wrong, or whether a route exists.
+``Retry-After`` when a limit refused the attempt unchecked: see :mod:`watchdog.health.auth`),
+whatever went wrong: nothing tells a stranger which part was wrong, or whether a route exists.
+An authenticated ``OPTIONS`` is answered 204 with ``Allow``; the auth schemes are matched
+case-insensitively (RFC 7235).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
-from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth, MultiAuth
+from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth
 from werkzeug.exceptions import HTTPException
 
 from blackbox.redact import redact, redact_text
@@ -33,52 +35,62 @@ def _client() -> str:
     return request.remote_addr or "?"
 
 
+class _TokenAuth(HTTPTokenAuth):
+    """HTTPTokenAuth whose scheme matches in any case (``bearer``, ``BEARER``: RFC 7235 2.1)."""
+
+    def is_compatible_auth(self, headers: Any) -> bool:
+        scheme = headers.get("Authorization", "").split(None, 1)
+        return len(scheme) == 2 and scheme[0].lower() == self.scheme.lower()
+
+
 def create_app(snapshot: Snapshot, auth: Authenticator) -> Flask:
     """The WSGI app over ``snapshot`` (a callable returning build_snapshot's dict)."""
     app = Flask("tradeguard.health")
     app.json.sort_keys = False
-    basic, token = HTTPBasicAuth(realm=REALM), HTTPTokenAuth("Bearer", realm=REALM)
-    gate = MultiAuth(basic, token).login_required(lambda: None)
+    basic, token = HTTPBasicAuth(realm=REALM), _TokenAuth("Bearer", realm=REALM)
+
+    def authenticated() -> bool:
+        """The header's scheme picks the check (flask-httpauth's login_required would let
+        OPTIONS through unchecked, so the check is called directly for every method)."""
+        scheme = token if token.is_compatible_auth(request.headers) else basic
+        creds = scheme.get_auth()
+        return scheme.authenticate(creds, scheme.get_auth_password(creds)) not in (None, False)
 
     @basic.verify_password
     def _verify_basic(username: str, password: str) -> str | None:
         if not username:  # no header, or not a parseable Basic one: nothing worth a scrypt run
             return None
-        user = auth.basic_cached(username, password)
-        if user is not None:
-            return user
-        if auth.limiter.retry_after(_client()) is not None:
-            return None  # over the limit: no scrypt; the error handler answers 429
-        return auth.basic_verify(username, password)
+        user, g.retry_after = auth.basic(_client(), username, password)
+        return user  # refused unchecked (retry_after set): the error handler answers 429
 
     @token.verify_token
     def _verify_token(tok: str) -> bool:
         return auth.bearer(tok)
 
-    def deny(_status: int = 401) -> Response:
+    def deny() -> Response:
         addr = _client()
-        retry = auth.limiter.retry_after(addr)
+        retry = g.get("retry_after") or auth.limiter.retry_after(addr)
         if retry is None and request.headers.get("Authorization") is not None:
             auth.limiter.failed(addr)  # missing credentials cost nothing and are not counted
         if retry is not None:
             resp = jsonify(error="too many failed attempts")
             resp.status_code = 429
             resp.headers["Retry-After"] = str(retry)
+            auth.told_to_wait(addr, retry)
         else:
             resp = jsonify(error="unauthorized")
             resp.status_code = 401
         resp.headers["WWW-Authenticate"] = CHALLENGE
         return resp
 
-    basic.error_handler(deny)
-    token.error_handler(deny)
-
     @app.before_request
     def _authenticate() -> Response | None:
         header = request.headers.get("Authorization", "")
-        if len(header) > MAX_AUTH_HEADER or request.method == "OPTIONS":
+        if len(header) > MAX_AUTH_HEADER or not authenticated():
             return deny()
-        return gate()
+        if request.method == "OPTIONS":
+            return Response(status=204, headers={"Allow": "GET, HEAD, OPTIONS"})
+        return None
 
     @app.after_request
     def _no_store(resp: Response) -> Response:

@@ -3,8 +3,23 @@
 A successful Basic verification is cached under HMAC(per-process secret, "user:password") for
 ``[health] auth_cache_s``, so a monitor polling every few seconds costs microseconds, not a
 scrypt run. The cache holds successes only, and is dropped whenever the credentials file
-changes (a changed password is never served from it). Failures are counted per client
-address by a :class:`FailureLimiter` that the endpoint consults before running scrypt.
+changes (a changed password is never served from it).
+
+Order of a Basic attempt (:meth:`Authenticator.basic`), each step before the next:
+
+1. the per-address :class:`FailureLimiter`: an address over ``failed_auth_per_minute`` gets 429
+   for every Basic attempt, right or wrong — the cache is never consulted before it, so a
+   monitor keeping the cache warm cannot lend its success to a guesser at the same address;
+2. the global :class:`PasswordBudget` (``basic_checks_per_minute``): when it is spent,
+   429 — again before the cache, or a cache lookup would test guesses for free;
+3. the success cache; 4. scrypt, which takes one verification from the budget.
+
+Password checks run in one thread of their own at a lower CPU priority (nice +10), so a
+flood's checks yield the CPU to the bot and to everyone else's requests.
+
+The bearer token is not behind either limit: it is a 384-bit random secret that nobody can
+guess, checked with one SHA-256, so a monitor sharing an address with strangers (a proxy, a
+NAT) keeps working while they are refused.
 """
 from __future__ import annotations
 
@@ -14,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from tradeguard.config import Config
@@ -21,13 +37,22 @@ from tradeguard.exceptions import SecretError
 from watchdog.health.filestat import FileChange
 from watchdog.health.passwords import (DUMMY_HASH, ScryptHash, config_users, credentials_path,
                                        read_credentials, verify_password)
-from watchdog.health.ratelimit import FailureLimiter
+from watchdog.health.ratelimit import FailureLimiter, PasswordBudget
 from watchdog.health.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
 FAILURE_WINDOW_S = 60.0
 MAX_CACHED = 1024
+MAX_WAITING = 10000  # addresses remembered as told to wait (memory bound)
+HASHER_NICE = 10
+
+
+def _lower_priority() -> None:
+    try:  # Linux: a thread's own priority (its native id); elsewhere the call may fail: fine
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHER_NICE)
+    except (OSError, AttributeError):
+        log.debug("password checks run at normal priority")
 
 
 class BasicUsers:
@@ -75,6 +100,10 @@ class Authenticator:
         self.users = BasicUsers(cfg)
         self.limiter = FailureLimiter(cfg.health.failed_auth_per_minute, FAILURE_WINDOW_S,
                                       clock=clock)
+        self.budget = PasswordBudget(cfg.health.basic_checks_per_minute, clock=clock)
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="health-scrypt",
+                                          initializer=_lower_priority)
+        self._waiting: dict[str, float] = {}  # address -> until (clock) it was told to wait
         self._secret = os.urandom(32)
         self._cache: dict[bytes, tuple[float, int, str]] = {}
         self._cache_lock = threading.Lock()
@@ -83,30 +112,60 @@ class Authenticator:
         """True for the current token (cheap: a stat and a SHA-256)."""
         return self.tokens.verify(token)
 
-    def basic_cached(self, user: str, password: str) -> str | None:
-        """The user when this exact pair verified recently and the credentials are unchanged."""
-        gen = self.users.refresh()
-        hit = self._cache.get(self._cache_key(user, password))
-        if hit is not None and hit[1] == gen and hit[0] > self.clock():
-            return hit[2]
-        return None
+    def told_to_wait(self, addr: str, seconds: int) -> None:
+        """``addr`` was answered 429 with ``Retry-After: seconds``."""
+        now = self.clock()
+        with self._cache_lock:
+            if len(self._waiting) >= MAX_WAITING:
+                self._waiting = {a: t for a, t in self._waiting.items() if t > now}
+                if len(self._waiting) >= MAX_WAITING:
+                    self._waiting.clear()
+            self._waiting[addr] = now + seconds
 
-    def basic_verify(self, user: str, password: str) -> str | None:
-        """Run scrypt (the expensive path); cache and return the user on success."""
+    def waiting(self, addr: str) -> bool:
+        """True while ``addr`` has been told to wait (the server then reads it slowly). Called
+        for every connection on every turn of the server loop: one dict lookup when not."""
+        until = self._waiting.get(addr)
+        return until is not None and until > self.clock()
+
+    def basic(self, addr: str, user: str, password: str) -> tuple[str | None, int | None]:
+        """``(user, None)`` when the pair is right, ``(None, None)`` when it is wrong, and
+        ``(None, seconds)`` when it was refused unchecked (429 with ``Retry-After``)."""
+        retry = self.limiter.retry_after(addr)
+        if retry is None:
+            retry = self.budget.retry_after()
+        if retry is not None:
+            return None, retry
         gen = self.users.refresh()
-        stored = self.users.get(user)
-        ok = verify_password(password, stored or DUMMY_HASH) and stored is not None
-        if not ok:
-            return None
-        if self.cache_s > 0:
-            with self._cache_lock:
+        key = self._cache_key(user, password)
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] == gen and hit[0] > self.clock():
+            return hit[2], None
+        retry = self.budget.acquire()
+        if retry is not None:
+            return None, retry
+        try:
+            stored = self.users.get(user)
+            ok = self._hasher.submit(verify_password, password, stored or DUMMY_HASH).result()
+            ok = ok and stored is not None
+        finally:
+            self.budget.release()
+        if ok and self.cache_s > 0:
+            self._remember(key, gen, user)
+        return (user if ok else None), None
+
+    def close(self) -> None:
+        """Stop the password-check thread (after a check in progress)."""
+        self._hasher.shutdown(wait=True)
+
+    def _remember(self, key: bytes, gen: int, user: str) -> None:
+        with self._cache_lock:
+            if len(self._cache) >= MAX_CACHED:
+                now = self.clock()
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
                 if len(self._cache) >= MAX_CACHED:
-                    now = self.clock()
-                    self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-                    if len(self._cache) >= MAX_CACHED:
-                        self._cache.clear()
-                self._cache[self._cache_key(user, password)] = (self.clock() + self.cache_s, gen, user)
-        return user
+                    self._cache.clear()
+            self._cache[key] = (self.clock() + self.cache_s, gen, user)
 
     def _cache_key(self, user: str, password: str) -> bytes:
         msg = f"{user}:{password}".encode("utf-8", "surrogateescape")

@@ -55,3 +55,51 @@ class FailureLimiter:
             else:
                 self._failures.move_to_end(addr)
             q.append(now)
+
+
+class PasswordBudget:
+    """A global budget for password verifications, whatever address they come from.
+
+    A token bucket: ``burst`` verifications at once (10 s worth of the rate, at least 10),
+    refilled at ``per_minute``; and at most ``concurrent`` running at the same moment. Many addresses (IPv6, or a proxy's clients) are
+    each below the per-address limit; this bounds what they cost together. Refusing is cheap:
+    the caller answers 429 before any hashing.
+    """
+
+    def __init__(self, per_minute: int, concurrent: int = 1, *,
+                 clock: Callable[[], float] = time.monotonic):
+        self.rate = per_minute / 60.0
+        self.burst = min(per_minute, max(10, per_minute // 6))
+        self.clock = clock
+        self._tokens = float(self.burst)
+        self._stamp = clock()
+        self._running = threading.BoundedSemaphore(concurrent)
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def retry_after(self) -> int | None:
+        """Seconds until a verification may run, or None when one may run now (nothing taken)."""
+        with self._lock:
+            self._refill()
+            if self._tokens >= 1.0:
+                return None
+            return max(1, math.ceil((1.0 - self._tokens) / self.rate))
+
+    def acquire(self) -> int | None:
+        """Take one verification: None when granted (call :meth:`release` after hashing),
+        else the seconds to wait. Never blocks."""
+        with self._lock:
+            self._refill()
+            if self._tokens < 1.0:
+                return max(1, math.ceil((1.0 - self._tokens) / self.rate))
+            if not self._running.acquire(blocking=False):
+                return 1
+            self._tokens -= 1.0
+            return None
+
+    def release(self) -> None:
+        self._running.release()

@@ -1,4 +1,5 @@
-"""Serving the health app from a thread of the watchdog, with waitress (a production WSGI server).
+"""Serving the health app from a thread of the watchdog, with waitress (a production WSGI server)
+guarded against slow clients (:mod:`watchdog.health.guard`).
 
 ``start_health_server(cfg, snapshot)`` creates the token on first start, binds (raising OSError
 when the address is taken, so the watchdog can carry on without its status page), and serves
@@ -12,13 +13,14 @@ import threading
 import time
 from typing import Any, Callable
 
-from waitress import create_server, wasyncore
+from waitress import wasyncore
 
 from tradeguard.config import Config
 from tradeguard.net import is_loopback
 from tradeguard.exceptions import SecretError
 from watchdog.health.app import create_app
 from watchdog.health.auth import Authenticator
+from watchdog.health.guard import GuardedServer
 from watchdog.health.tokens import ensure_token
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,7 @@ _WAITRESS = dict(
     ident="tradeguard",               # no server version in responses
     max_request_header_size=16384,    # beyond this waitress answers 431 itself
     max_request_body_size=1024,       # every route is a GET
-    connection_limit=64,
-    channel_timeout=30,
+    channel_timeout=30,                # idle kept-alive connections; unfinished requests: guard
     expose_tracebacks=False,
     clear_untrusted_proxy_headers=True,
 )
@@ -59,8 +60,9 @@ class ThrottledSnapshot:
 class HealthServer:
     """A running health endpoint: ``.port``, ``.url``, ``.stop()``."""
 
-    def __init__(self, server: Any, host: str):
+    def __init__(self, server: Any, host: str, auth: Authenticator | None = None):
         self._server = server
+        self._auth = auth
         self.host = host
         self.port = int(server.effective_port)
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}"
@@ -101,6 +103,8 @@ class HealthServer:
         if self._thread.is_alive():
             log.warning("health endpoint loop did not stop in %.1fs; closing from outside", timeout)
             wasyncore.close_all(server._map, ignore_all=True)
+        if self._auth is not None:
+            self._auth.close()
         log.info("health endpoint on %s stopped", self.url)
 
 
@@ -122,8 +126,11 @@ def start_health_server(cfg: Config, snapshot: Callable[[], dict[str, Any]], *,
                     "TLS must come from a reverse proxy in front of it", h.host)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "queue depth" noise under load
     app = create_app(ThrottledSnapshot(snapshot), auth)
-    server = create_server(app, host=h.host, port=h.port, **_WAITRESS)
-    hs = HealthServer(server, h.host).start()
+    server = GuardedServer(app, host=h.host, port=h.port, max_connections=h.max_connections,
+                           per_client=h.max_connections_per_client,
+                           request_timeout_s=h.request_timeout_s, throttled=auth.waiting,
+                           **_WAITRESS)
+    hs = HealthServer(server, h.host, auth).start()
     log.info("health endpoint listening on %s (bearer token %s, %d Basic user(s))", hs.url,
              token_path, len(auth.users))
     return hs

@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
+import watchdog.health.auth as auth_mod
+
 from tests.helpers.proc import REPO, child_env, free_port, wait_until
 from tradeguard.config import Config, load_config
 from watchdog.health.server import HealthServer, start_health_server
@@ -34,6 +36,7 @@ host = "{host}"
 port = {port}
 failed_auth_per_minute = {limit}
 auth_cache_s = {cache_s}
+basic_checks_per_minute = {checks}
 {extra}
 """
 PASSWORD = "s3cret-basic-pass"
@@ -60,6 +63,22 @@ def bearer(token: str) -> str:
     return f"Bearer {token}"
 
 
+def request_from(source: str, url: str, auth: str | None = None, method: str = "GET",
+                 path: str = "/health/detailed") -> tuple[int, dict[str, str], bytes]:
+    """One request on a new connection from ``source`` (any 127.x address is this host's
+    loopback, and a distinct client address to the server): ``(status, headers, body)``."""
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, path, headers={"Authorization": auth} if auth else {})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
 def healthy_watchdog() -> dict[str, Any]:
     """A live watchdog dict (the shared watchdog.json contract) for a healthy bot."""
     import time
@@ -74,17 +93,32 @@ def healthy_watchdog() -> dict[str, Any]:
 
 @pytest.fixture
 def health_cfg(tmp_path: Path, data_dir: Path, logs_dir: Path) -> Callable[..., Config]:
-    """``make(limit=, cache_s=, host=, extra=, watchdog=)``: a validated config on a free port
-    (``extra``: more ``[health]`` lines, ``watchdog``: more ``[watchdog]`` lines)."""
+    """``make(limit=, cache_s=, host=, extra=, watchdog=, checks=)``: a validated config on a free
+    port (``extra``: more ``[health]`` lines, ``watchdog``: more ``[watchdog]`` lines, ``checks``:
+    the global scrypt budget per minute)."""
 
     def make(limit: int = 1000, cache_s: float = 60.0, host: str = "127.0.0.1", extra: str = "",
-             watchdog: str = "") -> Config:
+             watchdog: str = "", checks: int = 100000) -> Config:
         f = tmp_path / "tradeguard.toml"
         f.write_text(HEALTH_TOML.format(host=host, port=free_port(), limit=limit, cache_s=cache_s,
-                                        extra=extra, watchdog=watchdog))
+                                        checks=checks, extra=extra, watchdog=watchdog))
         return load_config(f, data_dir=data_dir, logs_dir=logs_dir, env={})
 
     return make
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts scrypt verifications (a spy: the real function still runs)."""
+    calls: list[str] = []
+    real = auth_mod.verify_password
+
+    def spy(password: str, h: Any) -> bool:
+        calls.append(password)
+        return real(password, h)
+
+    monkeypatch.setattr(auth_mod, "verify_password", spy)
+    return calls
 
 
 @pytest.fixture

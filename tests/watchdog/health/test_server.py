@@ -72,13 +72,13 @@ def test_non_loopback_bind_warns_that_tls_must_come_from_a_proxy(serve, health_c
     import watchdog.health.server as server_mod
 
     asked: list[str] = []
-    real_create = server_mod.create_server
+    real_server = server_mod.GuardedServer
 
     def loopback_only(app, *, host, **kw):  # tests never listen beyond 127.0.0.1
         asked.append(host)
-        return real_create(app, host="127.0.0.1", **kw)
+        return real_server(app, host="127.0.0.1", **kw)
 
-    monkeypatch.setattr(server_mod, "create_server", loopback_only)
+    monkeypatch.setattr(server_mod, "GuardedServer", loopback_only)
     caplog.set_level(logging.WARNING)
     s = serve(health_cfg(host="0.0.0.0"))
     assert asked == ["0.0.0.0"]
