@@ -20,6 +20,13 @@ from resilience.state.records import ORDER_STATES, Fill, Order, Position, Transi
 from tradeguard.exceptions import FieldDecryptError, StateCorruptError, StateError
 
 
+def _counters(c: sqlite3.Connection) -> dict[str, int]:
+    """The counters the schema's triggers keep (empty before the schema has them)."""
+    if not _one(c, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'counters'"):
+        return {}
+    return {r[0]: r[1] for r in c.execute("SELECT name, value FROM counters")}
+
+
 class _Reads:
     _conn: _Connection
     _cipher: FieldCipher | None
@@ -140,21 +147,31 @@ class _Reads:
         return self.meta_value("needs_reconciliation") == "1"
 
     def counts(self) -> dict[str, int]:
-        """Rows per table (sqlite-utils)."""
+        """Rows per table: the kept counters for orders, fills and transitions (nothing is
+        recounted), a count for the small tables."""
         with self._read() as c:
+            kept = _counters(c)
             db = Database(c, execute_plugins=False)
-            return {t: db[t].count for t in schema.TABLES if db[t].exists()}
+            return {t: kept[t] if t in kept else db[t].count
+                    for t in schema.TABLES if db[t].exists()}
 
-    def check(self) -> dict[str, Any]:
-        """Full integrity check, schema version, row counts, orders by state, WAL size."""
+    def orders_by_state(self) -> dict[str, int]:
+        """How many orders are in each state (non-zero ones), from the kept counters."""
         with self._read() as c:
-            integrity = "; ".join(r[0] for r in c.execute("PRAGMA integrity_check").fetchall())
+            return {k.split(".", 1)[1]: v for k, v in _counters(c).items()
+                    if k.startswith("orders.") and v}
+
+    def check(self, *, full: bool = False) -> dict[str, Any]:
+        """Integrity (``quick_check``; ``integrity_check`` when ``full``), schema version, row
+        counts, orders by state, WAL size."""
+        pragma = "integrity_check" if full else "quick_check"
+        with self._read() as c:
+            integrity = "; ".join(r[0] for r in c.execute(f"PRAGMA {pragma}").fetchall())
             version = schema.current_version(c)
-            by_state = {r[0]: r[1] for r in
-                        c.execute("SELECT state, COUNT(*) FROM orders GROUP BY state")}
         wal = self.path.with_name(self.path.name + "-wal")
         return {"integrity": integrity, "schema_version": version, "counts": self.counts(),
-                "orders_by_state": by_state, "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+                "orders_by_state": self.orders_by_state(),
+                "wal_bytes": wal.stat().st_size if wal.exists() else 0,
                 "needs_reconciliation": self.needs_reconciliation,
                 "key_id": self.meta_value("key_id")}
 

@@ -22,6 +22,7 @@ from resilience.state.files import _quarantine, _side_files
 from resilience.state.positions import _DUST, apply_fill
 from resilience.state.probe import _probe, _usable_version
 from resilience.state.reads import _Reads
+from resilience.state.session import Session
 from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, Fill,
                                       NewOrder, Order)
 from resilience.state.validation import _BOT_ID_RE, _CID_RE, _TRANSITION_FIELDS, _finite, _symbol
@@ -38,6 +39,7 @@ def _dumps(value: Any) -> str:
 
 
 SEQUENCES = ("orders", "emergency")
+INTEGRITY = ("auto", "always", "never")
 
 
 def _sequence_start() -> int:
@@ -50,8 +52,10 @@ class StateStore(_Reads):
 
     def __init__(self, path: Path, cipher: FieldCipher, *, synchronous: str = "FULL",
                  on_event: EventCallback | None = None, checkpoint_every: int = 2000,
-                 checkpoint_interval_s: float = 300.0):
+                 checkpoint_interval_s: float = 300.0, integrity: str = "never"):
         super().__init__()
+        if integrity not in INTEGRITY:
+            raise StateError(f"integrity = {integrity!r}: must be one of {', '.join(INTEGRITY)}")
         if not isinstance(cipher, FieldCipher):
             raise TypeError(f"cipher must be a FieldCipher, not {type(cipher).__name__} "
                             "(ensure_cipher returns a (cipher, generated) pair)")
@@ -68,9 +72,18 @@ class StateStore(_Reads):
         self.quarantined: Path | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+        self._session = Session(self.path)
         problem = None
+        self.integrity_checked = False  # PRAGMA quick_check ran at this open
+        verified = True
         if self.path.exists():
-            problem = _probe(self.path, cipher)
+            unclean = self._session.needs_check()
+            self.integrity_checked = integrity == "always" or (integrity == "auto" and unclean)
+            verified = self.integrity_checked or not unclean
+            if unclean and not self.integrity_checked:
+                log.info("state.db was not closed cleanly; integrity check skipped (integrity=%s)",
+                         integrity)
+            problem = _probe(self.path, cipher, quick_check=self.integrity_checked)
         elif any(p.exists() for p in _side_files(self.path)):
             problem = "a -wal/-shm file without its database"
         if problem:
@@ -90,6 +103,7 @@ class StateStore(_Reads):
             raise StateError(f"cannot open {self.path}: {e}") from None
         try:
             self._init_schema()
+            self._session.open(verified=verified or problem is not None)
         except BaseException:
             self._closed = True
             self._conn.close()
@@ -97,9 +111,22 @@ class StateStore(_Reads):
 
     @classmethod
     def open(cls, path: Path, cipher: FieldCipher, *, synchronous: str = "FULL",
-             on_event: EventCallback | None = None) -> "StateStore":
-        """Open (create, migrate, or quarantine and recreate) the state database."""
-        return cls(path, cipher, synchronous=synchronous, on_event=on_event)
+             on_event: EventCallback | None = None, integrity: str = "never") -> "StateStore":
+        """Open (create, migrate, or quarantine and recreate) the state database.
+
+        ``integrity``: when to run ``PRAGMA quick_check`` before use -- ``auto`` only after an
+        unclean shutdown or a change to the file since its last clean close (see
+        :mod:`resilience.state.session`), ``always``, or ``never`` (the watchdog's emergency
+        path: a damaged page then surfaces as StateCorruptError on the read that meets it)."""
+        return cls(path, cipher, synchronous=synchronous, on_event=on_event, integrity=integrity)
+
+    def close(self) -> None:
+        """Close the connection; the last writer out marks the file cleanly closed."""
+        with self._lock:
+            was_open = not self._closed
+            super().close()
+            if was_open:
+                self._session.close()
 
     def _emit(self, kind: str, message: str, **fields: Any) -> None:
         if self._on_event is None:
