@@ -26,7 +26,7 @@ from blackbox import recorder
 from trading.exchange import fetch_order_by_client_id
 from trading.orders import FINAL, LIVE, OrderBook, as_float
 from trading.runtime import Budget, Runtime
-from resilience.state import NewOrder, Order
+from resilience.state import NewOrder, Order, archived_order
 
 log = logging.getLogger(__name__)
 SOURCE = "bot.reconcile"
@@ -154,7 +154,9 @@ class Reconciler:
                 rep.max_emergency_seq = max(rep.max_emergency_seq, int(m.group(2)))
             else:
                 rep.max_seq = max(rep.max_seq, int(m.group(2)))
-            local = self.rt.store.get_order(cid)
+            local = self.rt.store.get_order(cid, decrypt=False)  # closed ones: a look, no decryption
+            if local is None and archived_order(self.rt.store.path, cid) is not None:
+                continue  # closed long ago and moved to an archive (retention): history, not news
             if local is None:
                 local = self._adopt(ex, cid, int(m.group(2)), bool(m.group(1)))
                 rep.adopted_orders.append(cid)

@@ -66,8 +66,11 @@ class _Reads:
         text = self._dec(table, pk, column, blob)
         return json.loads(text) if text else None
 
-    def _order(self, r: sqlite3.Row) -> Order:
+    def _order(self, r: sqlite3.Row, decrypt: bool = True) -> Order:
         cid = r["client_order_id"]
+        if not decrypt:  # plain columns only: what the hot paths need of a closed order
+            return Order(**{k: r[k] for k in r.keys() if k not in ("reason", "raw")},
+                         reason=None, raw=None)
         return Order(
             client_order_id=cid, seq=r["seq"], bot_id=r["bot_id"], origin=r["origin"],
             purpose=r["purpose"], symbol=r["symbol"], side=r["side"], type=r["type"],
@@ -84,11 +87,35 @@ class _Reads:
                     fee_currency=r["fee_currency"], ts=r["ts"],
                     raw=self._dec_json("fills", schema.aad_pk("fills", r), "raw", r["raw"]))
 
-    def get_order(self, cid: str) -> Order | None:
-        """The order with this client order id, or None."""
+    def get_order(self, cid: str, *, decrypt: bool = True) -> Order | None:
+        """The order with this client order id, or None; ``decrypt=False`` leaves ``reason`` and
+        ``raw`` None (no decryption: a look at a closed order costs one indexed row)."""
         with self._read() as c:
             r = _one(c, "SELECT * FROM orders WHERE client_order_id = ?", (cid,))
-            return self._order(r) if r else None
+            return self._order(r, decrypt) if r else None
+
+    def order_ids(self, states: Iterable[str], *, updated_since: float | None = None,
+                  filled_only: bool = False) -> list[str]:
+        """Client order ids in ``states`` (changed since ``updated_since``; with a fill when
+        ``filled_only``), oldest change first: one indexed range, nothing decrypted."""
+        states = tuple(states)
+        where = [f"state IN ({','.join('?' * len(states))})"]
+        args: list[Any] = list(states)
+        if updated_since is not None:
+            where.append("updated_at >= ?")
+            args.append(float(updated_since))
+        if filled_only:
+            where.append("filled > 0")
+        with self._read() as c:
+            return [r[0] for r in c.execute(
+                f"SELECT client_order_id FROM orders WHERE {' AND '.join(where)} "
+                "ORDER BY updated_at", args)]
+
+    def recorded_fill_amount(self, cid: str) -> float:
+        """The sum of the fills recorded for one order (indexed; nothing decrypted)."""
+        with self._read() as c:
+            return float(_one(c, "SELECT COALESCE(SUM(amount), 0) FROM fills "
+                                 "WHERE client_order_id = ?", (cid,))[0])
 
     def orders(self, states: str | Iterable[str] | None = None, *, symbol: str | None = None,
                origin: str | None = None) -> list[Order]:

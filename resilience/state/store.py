@@ -23,6 +23,8 @@ from resilience.state.positions import _DUST, apply_fill
 from resilience.state.probe import _probe, _usable_version
 from resilience.state.reads import _Reads
 from resilience.state.session import Session
+
+TRANSITIONS_FLOOR_KEY = "transitions_archived_max_id"  # meta: the highest transition id archived
 from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, Fill,
                                       NewOrder, Order)
 from resilience.state.validation import _BOT_ID_RE, _CID_RE, _TRANSITION_FIELDS, _finite, _symbol
@@ -195,7 +197,10 @@ class StateStore(_Reads):
     def _audit(self, c: sqlite3.Connection, cid: str | None, frm: str | None, to: str,
                note: str, now: float) -> None:
         # The id is chosen here (under the write lock) because the note is bound to it.
-        tid = _one(c, "SELECT COALESCE(MAX(id), 0) + 1 FROM transitions")[0]
+        # above the highest id ever used, archived ones included: an id is never reused
+        tid = _one(c, "SELECT MAX(COALESCE((SELECT MAX(id) FROM transitions), 0), COALESCE(("
+                      "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0)) + 1",
+                   (TRANSITIONS_FLOOR_KEY,))[0]
         blob = self._cipher.encrypt("transitions", tid, "note", note) if note else None
         c.execute("INSERT INTO transitions(id, client_order_id, from_state, to_state, ts, note) "
                   "VALUES (?, ?, ?, ?, ?, ?)", (tid, cid, frm, to, now, blob))
