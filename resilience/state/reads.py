@@ -202,13 +202,18 @@ class _Reads:
                 "needs_reconciliation": self.needs_reconciliation,
                 "key_id": self.meta_value("key_id")}
 
-    def verify_encryption(self, cipher: FieldCipher) -> int:
-        """Decrypt every encrypted value with ``cipher`` (e.g. the new key alone); count them.
+    def verify_encryption(self, cipher: FieldCipher, *, newest: int | None = None) -> int:
+        """Decrypt every encrypted value with ``cipher`` (e.g. the new key alone) -- or those of
+        the ``newest`` rows of each table (a quick check) -- and the canary; count them.
 
         Raises FieldDecryptError on the first value it cannot open."""
         count = 0
         for table, _pk, cols in schema.ENCRYPTED:
             last = 0
+            if newest is not None:
+                with self._read() as c:
+                    top = _one(c, f"SELECT MAX(rowid) FROM {table}")[0] or 0
+                last = max(top - newest, 0)
             while True:
                 with self._read() as c:
                     rows = _rows_after(c, table, last, 1000)

@@ -54,8 +54,10 @@ class StateStore(_Reads):
 
     def __init__(self, path: Path, cipher: FieldCipher, *, synchronous: str = "FULL",
                  on_event: EventCallback | None = None, checkpoint_every: int = 2000,
-                 checkpoint_interval_s: float = 300.0, integrity: str = "never"):
+                 checkpoint_interval_s: float = 300.0, integrity: str = "never",
+                 clock: Callable[[], float] = time.time):
         super().__init__()
+        self._clock = clock  # the time rows are stamped with (a history builder sets the past)
         if integrity not in INTEGRITY:
             raise StateError(f"integrity = {integrity!r}: must be one of {', '.join(INTEGRITY)}")
         if not isinstance(cipher, FieldCipher):
@@ -242,7 +244,7 @@ class StateStore(_Reads):
         """Commit a new order as INTENT (durably) before anything is sent; duplicate id -> StateError."""
         self._validate_new(o)
         price = None if o.price is None else float(o.price)
-        now = time.time()
+        now = self._clock()
         with self._write() as c:
             reason = self._cipher.encrypt("orders", o.client_order_id, "reason", o.reason) \
                 if o.reason else None
@@ -287,7 +289,7 @@ class StateStore(_Reads):
             raise StateError(f"transition() got unknown field(s) {sorted(unknown)}; allowed: "
                              f"{', '.join(_TRANSITION_FIELDS)}")
         values = self._transition_values(cid, fields)
-        now = time.time()
+        now = self._clock()
         with self._write() as c:
             r = _one(c, "SELECT state FROM orders WHERE client_order_id = ?", (cid,))
             if r is None:
@@ -333,7 +335,7 @@ class StateStore(_Reads):
         fill_id = str(f.fill_id)
         pk = schema.aad_pk("fills", {"fill_id": fill_id, "symbol": f.symbol})
         raw = None if f.raw is None else self._cipher.encrypt("fills", pk, "raw", _dumps(f.raw))
-        now = time.time()
+        now = self._clock()
         with self._write() as c:
             cur = c.execute(
                 "INSERT OR IGNORE INTO fills(fill_id, symbol, client_order_id, exchange_order_id, "
@@ -376,7 +378,7 @@ class StateStore(_Reads):
         if not math.isfinite(new):
             raise StateError(f"amount = {amount!r}: must be finite")
         price = _finite("price", price, positive=True, allow_none=True)
-        now = time.time()
+        now = self._clock()
         with self._write() as c:
             r = _one(c, "SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
                      (symbol,))
@@ -417,7 +419,7 @@ class StateStore(_Reads):
         with self._write() as c:
             c.execute("INSERT INTO kv(key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
                       "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                      (key, blob, time.time()))
+                      (key, blob, self._clock()))
 
     # --- maintenance --------------------------------------------------------------------
     def checkpoint(self, *, wait: bool = True) -> None:
