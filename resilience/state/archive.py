@@ -122,6 +122,7 @@ class Archiver:
         for month, rows in sorted(by_month.items()):
             self._write_archive(month, rows)
         self._delete(orders, fills, trans)
+        self.store.release_free_pages()  # state.db shrinks with what left it
         return len(orders) or len(trans)
 
     def _read(self, cutoff: float) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:

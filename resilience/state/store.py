@@ -102,7 +102,8 @@ class StateStore(_Reads):
         if not self.path.exists():  # private from the start; -wal/-shm inherit the mode
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
-            self._conn = _connect(self.path, readonly=False, synchronous=sync)
+            self._conn = _connect(self.path, readonly=False, synchronous=sync,
+                                  new=self.path.stat().st_size == 0)
         except sqlite3.DatabaseError as e:
             raise StateError(f"cannot open {self.path}: {e}") from None
         try:
@@ -422,6 +423,12 @@ class StateStore(_Reads):
                       (key, blob, self._clock()))
 
     # --- maintenance --------------------------------------------------------------------
+    def release_free_pages(self, pages: int = 1000) -> None:
+        """Give up to ``pages`` free pages back to the file system (databases created with
+        incremental auto-vacuum; a no-op for older ones). A short write of its own."""
+        with self._read() as c:
+            c.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+
     def checkpoint(self, *, wait: bool = True) -> None:
         """Copy the WAL into the database and truncate it (bounded WAL); best effort with readers.
 

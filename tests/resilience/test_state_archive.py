@@ -50,6 +50,8 @@ def test_old_closed_orders_move_to_a_monthly_archive_keeping_positions_and_histo
     assert [o.client_order_id for o in store.orders()] == [live]
     assert store.counts()["transitions"] == 3  # the live order's
     assert store.positions() == positions  # positions and realized P&L are untouched
+    with store._read() as c:  # the freed pages went back to the file system
+        assert c.execute("PRAGMA freelist_count").fetchone()[0] == 0
     meta = store.meta
     assert (meta["archived.orders"], meta["archived.fills"]) == ("30", "30")
     assert meta["archived.transitions"] == str(30 * 4 + 1)
