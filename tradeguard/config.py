@@ -119,7 +119,7 @@ class BlackboxConfig:
 @dataclass(frozen=True)
 class RetentionConfig:
     enabled: bool = _f(True, "Move closed orders, their fills and audit rows out of state.db into monthly archives (data/archive/) once they are old; positions and P&L are kept.")
-    archive_after_days: float = _f(30.0, "Closed orders (and their fills and transitions) older than this are archived.", min=1, max=36500)
+    archive_after_days: float = _f(7.0, "Closed orders (and their fills and transitions) older than this are archived; state.db then holds about orders a day x this x 1.2 KB.", min=1, max=36500)
     batch_orders: int = _f(200, "Orders moved per archive transaction (a short write: the bot never waits long for it).", min=10, max=10000)
 
 
