@@ -89,7 +89,7 @@ def test_startup_ticks_reconciliation_and_health_never_touch_closed_orders(paper
     paths = cfg.runtime.ensure()
     cipher = ensure_cipher(paths, allow_generate=True, environ={})[0]
     now = time.time()
-    history = set(build_history(paths.state_db, cipher, HISTORY, start=now - 20 * DAY,
+    history = set(build_history(paths.state_db, cipher, HISTORY, start=now - 5 * DAY,
                                 end=now - 3600))
     statements, decrypted = traced
     statements.clear()
