@@ -97,18 +97,6 @@ WHEN NEW.state IS NOT OLD.state BEGIN
   UPDATE counters SET value = value - 1 WHERE name = 'orders.' || OLD.state;
   UPDATE counters SET value = value + 1 WHERE name = 'orders.' || NEW.state;
 END;
-CREATE TRIGGER count_fills_insert AFTER INSERT ON fills BEGIN
-  UPDATE counters SET value = value + 1 WHERE name = 'fills';
-END;
-CREATE TRIGGER count_fills_delete AFTER DELETE ON fills BEGIN
-  UPDATE counters SET value = value - 1 WHERE name = 'fills';
-END;
-CREATE TRIGGER count_transitions_insert AFTER INSERT ON transitions BEGIN
-  UPDATE counters SET value = value + 1 WHERE name = 'transitions';
-END;
-CREATE TRIGGER count_transitions_delete AFTER DELETE ON transitions BEGIN
-  UPDATE counters SET value = value - 1 WHERE name = 'transitions';
-END;
 """
 
 
@@ -125,7 +113,12 @@ def _v3_counters_and_history_indexes(db: Database) -> None:
                      "WHERE name = ?", (table,)).close()
     conn.execute("UPDATE counters SET value = (SELECT COUNT(*) FROM orders o WHERE "
                  "'orders.' || o.state = counters.name) WHERE name LIKE 'orders.%'").close()
-    for stmt in _COUNTER_TRIGGERS.split("END;")[:-1]:
+    triggers = _COUNTER_TRIGGERS.split("END;")[:-1]
+    for table in ("fills", "transitions"):
+        for event, sign in (("INSERT", "+"), ("DELETE", "-")):
+            triggers.append(f"CREATE TRIGGER count_{table}_{event.lower()} AFTER {event} ON {table} "
+                            f"BEGIN UPDATE counters SET value = value {sign} 1 WHERE name = '{table}'; ")
+    for stmt in triggers:
         conn.execute(stmt + "END;").close()
     # the archiver: final orders by age; the order-rate limit: orders by creation time; moving
     # an order's audit rows with it: transitions by order

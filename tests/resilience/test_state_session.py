@@ -37,10 +37,15 @@ def test_a_cleanly_closed_file_is_not_scanned_again(db):
     s.close()
 
 
-def test_a_killed_writer_makes_the_next_open_scan_the_file(db):
+def _killed_writer(db) -> None:
+    """A writer process SIGKILLed while it holds the database (as a power cut would leave it)."""
     with running_writer(db, key_bytes(1)) as w:
-        w.wait_for(5)
+        w.wait_for(3)
         w.proc.kill()
+
+
+def test_a_killed_writer_makes_the_next_open_scan_the_file(db):
+    _killed_writer(db)
     assert _marker(db) == "open"  # nobody recorded a clean close
     s = _open(db)
     assert s.integrity_checked and s.quarantined is None
@@ -59,9 +64,7 @@ def test_a_file_changed_since_its_clean_close_is_scanned(db):
 
 
 def test_the_emergency_path_never_scans_and_leaves_the_check_to_the_next_opener(db):
-    with running_writer(db, key_bytes(1)) as w:
-        w.wait_for(3)
-        w.proc.kill()
+    _killed_writer(db)
     s = _open(db, "never")  # the watchdog's flatten after the bot died
     assert not s.integrity_checked and _marker(db) == "dirty"
     s.close()
