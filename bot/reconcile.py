@@ -64,6 +64,7 @@ class Reconciler:
         last = rt.store.kv_get(LAST_KEY)
         self.last: float | None = float(last) if isinstance(last, (int, float)) else None
         self.balance: dict[str, Any] | None = None  # the last one fetched (for equity)
+        self._archived_ids: set[str] = set()
         saved = rt.store.kv_get(PENDING_KEY)
         self._pending: list[dict[str, Any]] = [p for p in saved if isinstance(p, dict) and "what" in p] \
             if isinstance(saved, list) else []
@@ -155,7 +156,7 @@ class Reconciler:
             else:
                 rep.max_seq = max(rep.max_seq, int(m.group(2)))
             local = self.rt.store.get_order(cid, decrypt=False)  # closed ones: a look, no decryption
-            if local is None and archived_order(self.rt.store.path, cid) is not None:
+            if local is None and self._archived(cid):
                 continue  # closed long ago and moved to an archive (retention): history, not news
             if local is None:
                 local = self._adopt(ex, cid, int(m.group(2)), bool(m.group(1)))
@@ -168,6 +169,13 @@ class Reconciler:
                     rep.updated_orders.append(cid)
             by_exchange_id[str(ex.get("id"))] = local
         return seen
+
+    def _archived(self, cid: str) -> bool:
+        """Whether retention moved this order to an archive (remembered: a window held open by
+        an old live order lists the same archived orders on every pass)."""
+        if cid not in self._archived_ids and archived_order(self.rt.store.path, cid) is not None:
+            self._archived_ids.add(cid)
+        return cid in self._archived_ids
 
     def _adopt(self, ex: dict[str, Any], cid: str, seq: int, emergency: bool) -> Order:
         side = str(ex.get("side"))

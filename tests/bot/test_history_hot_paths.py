@@ -128,3 +128,39 @@ def test_startup_ticks_reconciliation_and_health_never_touch_closed_orders(paper
     assert len(statements) > 100
     scans = _scans(paths.state_db, statements)
     assert scans == {}, f"statements that scan a history table: {scans}"
+
+
+def test_orders_moved_to_an_archive_are_not_adopted_again(bot_factory):
+    """The exchange still lists orders that retention archived: reconciliation leaves them be."""
+    from resilience.keys import ensure_cipher
+    from resilience.state import Archiver, StateStore, archived_order
+
+    bot = bot_factory()
+    reader = bot.state_reader()
+    wait_until(lambda: len(reader.orders("FILLED")) >= 3, 60, message="a few filled orders")
+    bot.stop()
+    paths = bot.paths
+    store = StateStore.open(paths.state_db, ensure_cipher(paths, allow_generate=False, environ={})[0])
+    try:  # as if a week had passed: every closed order goes to the archive
+        Archiver(store, max_age_s=DAY).run(now=time.time() + 8 * DAY)
+    finally:
+        store.close()
+    moved = _archived_cids(paths.state_db)
+    assert moved and not any(o["client_order_id"] in moved for o in reader.orders())
+    bot.start()
+    first = bot.wait_state("running", timeout=60)
+    bot.wait_state("running", min_seq=first.seq + 20, timeout=60)  # reconciliation passes ran
+    live = {o["client_order_id"] for o in reader.orders()}
+    assert not live & set(moved), "archived orders were adopted again"
+    assert all(archived_order(paths.state_db, cid) is not None for cid in moved)
+    assert "adopted order" not in bot.output()
+
+
+def _archived_cids(db) -> list[str]:
+    from resilience.state import archive_files, open_readonly
+
+    out = []
+    for path in archive_files(db):
+        with open_readonly(path) as r:
+            out += [o.client_order_id for o in r.orders()]
+    return out
