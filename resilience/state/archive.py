@@ -88,17 +88,23 @@ class Archiver:
         self.batch = int(batch)
         self.clock = clock
         self.dir = archive_dir(store.path)
+        self._open: dict[str, sqlite3.Connection] = {}  # month -> its archive, during one step
 
     def step(self, *, time_limit_s: float = 0.05, now: float | None = None) -> int:
         """Move batches until nothing old is left or ``time_limit_s`` has passed; returns the
         orders moved (audit rows of no order count one each)."""
         cutoff = (self.clock() if now is None else now) - self.max_age_s
         t0, moved = time.monotonic(), 0
-        while True:
-            n = self._batch(cutoff)
-            moved += n
-            if n == 0 or time.monotonic() - t0 >= time_limit_s:
-                return moved
+        try:
+            while True:
+                n = self._batch(cutoff)
+                moved += n
+                if n == 0 or time.monotonic() - t0 >= time_limit_s:
+                    return moved
+        finally:
+            for conn in self._open.values():  # no archive stays open between steps
+                conn.close()
+            self._open.clear()
 
     def run(self, *, now: float | None = None) -> int:
         """Everything due, batch after batch (each its own short transaction); orders moved."""
@@ -150,36 +156,53 @@ class Archiver:
     def _archive_path(self, month: str) -> Path:
         return self.dir / f"state-{month}.db"
 
-    def _write_archive(self, month: str, rows: dict[str, list[sqlite3.Row]]) -> None:
+    def _archive_conn(self, month: str) -> sqlite3.Connection:
+        """The month's archive, created with the schema and key canary on first use; a rollback
+        journal (one self-contained file to read or copy) and synchronous FULL: a commit is on
+        disk before state.db lets go of the rows."""
+        conn = self._open.get(month)
+        if conn is not None:
+            return conn
         path = self._archive_path(month)
         new = not path.exists()
         if new:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(str(path), isolation_level=None)
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         try:
-            _one(conn, "PRAGMA synchronous = FULL")
             _one(conn, "PRAGMA busy_timeout = 5000")
+            _one(conn, "PRAGMA synchronous = FULL")
             _begin_immediate(conn)
             try:
                 schema.migrate(conn)
                 if new:
                     self._copy_key_meta(conn)
-                for table, mode in (("orders", "REPLACE"), ("fills", "IGNORE"),
-                                    ("transitions", "IGNORE")):
-                    items = rows.get(table) or []
-                    if not items:
-                        continue
-                    cols = items[0].keys()
-                    conn.executemany(f"INSERT OR {mode} INTO {table} ({', '.join(cols)}) "
-                                     f"VALUES ({_in(len(cols))})", [tuple(r) for r in items])
                 _one(conn, "COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     _one(conn, "ROLLBACK")
                 raise
-        finally:
+        except BaseException:
             conn.close()
+            raise
+        self._open[month] = conn
+        return conn
+
+    def _write_archive(self, month: str, rows: dict[str, list[sqlite3.Row]]) -> None:
+        conn = self._archive_conn(month)
+        _begin_immediate(conn)
+        try:
+            for table, mode in (("orders", "REPLACE"), ("fills", "IGNORE"), ("transitions", "IGNORE")):
+                items = rows.get(table) or []
+                if items:
+                    cols = items[0].keys()
+                    conn.executemany(f"INSERT OR {mode} INTO {table} ({', '.join(cols)}) "
+                                     f"VALUES ({_in(len(cols))})", [tuple(r) for r in items])
+            _one(conn, "COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                _one(conn, "ROLLBACK")
+            raise
 
     def _copy_key_meta(self, conn: sqlite3.Connection) -> None:
         with self.store._read() as c:
