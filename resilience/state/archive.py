@@ -33,7 +33,7 @@ from resilience.state.connection import _begin_immediate, _one
 from resilience.state.reads import StateReader
 from resilience.state.records import TERMINAL, Fill, Order
 from resilience.state.store import TRANSITIONS_FLOOR_KEY
-from tradeguard.exceptions import StateError
+from tradeguard.exceptions import StateError, WrongKeyError
 
 log = logging.getLogger("resilience.state")
 
@@ -263,7 +263,15 @@ def _readers(state_db: Path, cipher: Any, since: float | None) -> Iterator[State
     for path in archive_files(state_db):
         if since is not None and _month_end(path) <= since:
             continue  # a month's archive holds only fills up to the end of that month
-        with StateReader(path, cipher) as r:
+        try:
+            reader = StateReader(path, cipher)
+        except WrongKeyError:
+            # written before a `keys rotate` (which re-encrypts state.db only): its plain columns
+            # -- amounts, prices, fees, times -- still read; its payloads need the old key
+            log.warning("%s was written under an earlier field key: reading it without its "
+                        "encrypted payloads", path.name)
+            reader = StateReader(path)
+        with reader as r:
             yield r
     if Path(state_db).is_file():
         with StateReader(state_db, cipher) as r:

@@ -8,7 +8,8 @@ import pytest
 from resilience.state import (Archiver, Fill, StateStore, archive_files, archived_order,
                               history_fills, open_readonly)
 from resilience.state import archive as archive_mod
-from tests.resilience._state_support import cipher_for, intent
+from resilience.crypto import FieldCipher
+from tests.resilience._state_support import cipher_for, intent, key_bytes
 
 DAY = 86400.0
 
@@ -124,3 +125,19 @@ def test_the_archiver_refuses_nonsense(history):
     store, _, _ = history
     with pytest.raises(Exception, match="positive"):
         Archiver(store, max_age_s=0)
+
+
+def test_archives_written_before_a_key_rotation_still_give_their_fills(history, data_dir):
+    store, closed, _ = history
+    db = data_dir / "state.db"
+    fills = history_fills(db, cipher_for(1))
+    Archiver(store, max_age_s=DAY).run(now=time.time() + 2 * DAY)
+    store.close()
+    # state.db re-encrypted under a new key (as keys rotate does); the archive keeps the old one
+    both = FieldCipher.from_keys(key_bytes(2), key_bytes(1))
+    with StateStore.open(db, both) as rotated:
+        rotated.reencrypt()
+    later = history_fills(db, cipher_for(2))
+    assert [(f.fill_id, f.amount, f.price, f.fee) for f in later] == \
+        [(f.fill_id, f.amount, f.price, f.fee) for f in fills]
+    assert all(f.raw is None for f in later)  # the payloads need the old key
