@@ -21,7 +21,8 @@ from bot.guard import Guard
 from bot.marketdata import MarketFeed
 from bot.notify import Notifier
 from trading.orders import FINAL, OrderBook, recent_submissions
-from bot.reconcile import Reconciler
+from bot.reconcile import MARGIN_S, Reconciler
+from resilience.state import Archiver
 from trading.risk import RiskLimits
 from trading.ratelimit import load_rate_limits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
@@ -33,6 +34,8 @@ from tradeguard.heartbeat import Heartbeat, HeartbeatFile
 log = logging.getLogger(__name__)
 SOURCE = "bot"
 STRATEGY_KEY = "strategy.state"
+ARCHIVE_SLICE_S, ARCHIVE_IDLE_S = 0.05, 60.0  # retention: time per tick; pause when nothing is due
+FILLS_LOOKBACK_S = 86400.0  # startup: orders changed this long before the last pass may lack fills
 EXCHANGE_ERRORS = (ccxt.BaseError, CircuitOpenError, RetryBudgetExhausted, OSError)
 
 
@@ -55,6 +58,10 @@ class Bot:
         self.feed = MarketFeed(rt, self.symbols, getattr(s, "timeframe", "1m"),
                                getattr(s, "ohlcv_limit", 0), getattr(s, "ohlcv_refresh_s", 10.0))
         self.reconciler = Reconciler(rt, self.orders, self.symbols)
+        ret = self.cfg.retention
+        self.archiver = Archiver(rt.store, max_age_s=ret.archive_after_days * 86400.0,
+                                 batch=ret.batch_orders) if ret.enabled else None
+        self._archive_next = 0.0  # monotonic: when to look for old orders again
         self.guard = Guard(rt, self.orders, self.feed)
         self.leak = Leak()
         self.heartbeat_file = HeartbeatFile(self.cfg.runtime.heartbeat)
@@ -156,14 +163,18 @@ class Bot:
             log.warning("state.db needs rebuilding from the exchange (quarantined=%s); rebuilding before "
                         "trading", store.quarantined)
         self.orders.recover_stranded(budget)
+        previous = self.reconciler.last
         rep = self.reconciler.run(budget, full=full)
         if full:
             store.set_needs_reconciliation(False, reason=f"rebuilt from the exchange: {rep.summary()}")
             recorder.record("reconcile.rebuilt", SOURCE, f"state.db rebuilt from the exchange: {rep.summary()}",
                             severity="warning", critical=True)
         self.guard.note_balance(self.reconciler.balance)
-        self.orders.want_fills(o.client_order_id for o in store.orders(states=("OPEN", "FILLED", "CANCELED"))
-                               if o.filled > 0)
+        # fills still to record: orders with a fill changed since the pass before this start
+        # (older ones were settled by that pass); an indexed range, nothing decrypted
+        since = (previous or time.time()) - max(FILLS_LOOKBACK_S, MARGIN_S)
+        self.orders.want_fills(store.order_ids(("OPEN", "FILLED", "CANCELED"), updated_since=since,
+                                               filled_only=True))
         self._restore_strategy()
         self.recovered = True
         log.info("recovered: %s; trading", rep.summary())
@@ -216,6 +227,15 @@ class Bot:
                 self._step("fills", self.orders.sync_fills, budget)
         if time.time() - (self.reconciler.last or 0) >= self.cfg.bot.reconcile_interval_s:
             self._step("reconciliation", self._reconcile, budget)
+        self._step("retention", self._archive, budget)
+
+    def _archive(self, budget: Budget) -> None:
+        """Retention: a few short batches of old closed orders to the archives, with what is
+        left of the tick; once nothing is due, look again a minute later."""
+        if self.archiver is None or time.monotonic() < self._archive_next or budget.expired():
+            return
+        if not self.archiver.step(time_limit_s=min(ARCHIVE_SLICE_S, budget.remaining())):
+            self._archive_next = time.monotonic() + ARCHIVE_IDLE_S
 
     def _reconcile(self, budget: Budget) -> None:
         self.reconciler.run(budget)

@@ -72,7 +72,7 @@ def _open_store(cfg: Config, environ: Mapping[str, str]) -> Any:
         recorder.record(kind, "bot.state", message, severity=severity, critical=True, **fields)
 
     store = StateStore.open(paths.state_db, cipher, synchronous=cfg.bot.state_synchronous,
-                            on_event=on_event)
+                            on_event=on_event, integrity="auto")  # scan only after an unclean stop
     if store.quarantined:
         log.error("state.db was corrupt and has been quarantined; the bot rebuilds it from the exchange")
     return store

@@ -8,6 +8,9 @@ Never edit a released migration: append a new one and bump nothing else.
 Version history:
   1. meta, sequences, orders, fills, positions, kv.
   2. transitions (the audit trail of every order state change) and the query indexes.
+  3. work in hand, not history: ``counters`` (rows per table and orders per state, kept by
+     triggers as rows change, so nothing recounts the history) and the indexes the hot paths and
+     the archiver use (orders by state and age, by creation time; transitions by order).
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ ENCRYPTED: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("kv", ("key",), ("value",)),
     ("transitions", ("id",), ("note",)),
 )
-TABLES = ("meta", "sequences", "orders", "fills", "positions", "kv", "transitions")
+TABLES = ("meta", "sequences", "orders", "fills", "positions", "kv", "transitions", "counters")
+COUNTED = ("orders", "fills", "transitions")  # counters: "<table>" and "orders.<STATE>"
 
 
 def aad_pk(table: str, row: Any) -> str:
@@ -81,7 +85,50 @@ def _v2_audit_and_indexes(db: Database) -> None:
     db["fills"].create_index(["client_order_id"])
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_core, _v2_audit_and_indexes]
+_COUNTER_TRIGGERS = """
+CREATE TRIGGER count_orders_insert AFTER INSERT ON orders BEGIN
+  UPDATE counters SET value = value + 1 WHERE name IN ('orders', 'orders.' || NEW.state);
+END;
+CREATE TRIGGER count_orders_delete AFTER DELETE ON orders BEGIN
+  UPDATE counters SET value = value - 1 WHERE name IN ('orders', 'orders.' || OLD.state);
+END;
+CREATE TRIGGER count_orders_state AFTER UPDATE OF state ON orders
+WHEN NEW.state IS NOT OLD.state BEGIN
+  UPDATE counters SET value = value - 1 WHERE name = 'orders.' || OLD.state;
+  UPDATE counters SET value = value + 1 WHERE name = 'orders.' || NEW.state;
+END;
+"""
+
+
+def _v3_counters_and_history_indexes(db: Database) -> None:
+    # One row per counter, all present from the start: the triggers only ever UPDATE.
+    from resilience.state.records import ORDER_STATES
+
+    db.create_table("counters", {"name": str, "value": int}, pk="name", not_null={"value"})
+    names = [*COUNTED, *(f"orders.{s}" for s in ORDER_STATES)]
+    db["counters"].insert_all([{"name": n, "value": 0} for n in names])
+    conn = db.conn
+    for table in COUNTED:  # the one full count, at the migration
+        conn.execute(f"UPDATE counters SET value = (SELECT COUNT(*) FROM {table}) "
+                     "WHERE name = ?", (table,)).close()
+    conn.execute("UPDATE counters SET value = (SELECT COUNT(*) FROM orders o WHERE "
+                 "'orders.' || o.state = counters.name) WHERE name LIKE 'orders.%'").close()
+    triggers = _COUNTER_TRIGGERS.split("END;")[:-1]
+    for table in ("fills", "transitions"):
+        for event, sign in (("INSERT", "+"), ("DELETE", "-")):
+            triggers.append(f"CREATE TRIGGER count_{table}_{event.lower()} AFTER {event} ON {table} "
+                            f"BEGIN UPDATE counters SET value = value {sign} 1 WHERE name = '{table}'; ")
+    for stmt in triggers:
+        conn.execute(stmt + "END;").close()
+    # the archiver: final orders by age; the order-rate limit: orders by creation time; moving
+    # an order's audit rows with it: transitions by order
+    db["orders"].create_index(["state", "updated_at"])
+    db["orders"].create_index(["created_at"])
+    db["transitions"].create_index(["client_order_id"])
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_core, _v2_audit_and_indexes,
+                                                _v3_counters_and_history_indexes]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -138,6 +138,13 @@ class BlackboxConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    enabled: bool = _f(True, "Move closed orders, their fills and audit rows out of state.db into monthly archives (data/archive/) once they are old; positions and P&L are kept.")
+    archive_after_days: float = _f(7.0, "Closed orders (and their fills and transitions) older than this are archived; state.db then holds about orders a day x this x 1.2 KB.", min=1, max=36500)
+    batch_orders: int = _f(200, "Orders moved per archive transaction (a short write: the bot never waits long for it).", min=10, max=10000)
+
+
+@dataclass(frozen=True)
 class WatchdogConfig:
     interval_s: float = _f(0.5, "Seconds between checks.", min=0.05, max=60)
     heartbeat_timeout_s: float = _f(10.0, "Heartbeat older than this = hung (must exceed [bot] tick_deadline_s + loop_interval_s).", min=0.5, max=3600)
@@ -192,6 +199,7 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     blackbox: BlackboxConfig = field(default_factory=BlackboxConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)

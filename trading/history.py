@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from blackbox import recorder
-from resilience.state import NewOrder, Order
+from resilience.state import NewOrder, Order, archived_order
 from trading.orders import FINAL, OrderBook, as_float
 from trading.runtime import Budget, Runtime
 
@@ -38,10 +38,15 @@ class Report:
 class ExchangeHistory:
     """Adopts the exchange's record of this bot's orders and fills into state.db."""
 
-    def __init__(self, rt: Runtime, orders: OrderBook, *, source: str = SOURCE):
+    def __init__(self, rt: Runtime, orders: OrderBook, *, source: str = SOURCE,
+                 skip_archived: bool = True):
         self.rt = rt
         self.orders = orders
         self.source = source
+        # an order retention moved to an archive is history, not news (its fills are counted);
+        # only a rebuild of a lost state.db counts it again
+        self.skip_archived = skip_archived
+        self._archived_ids: set[str] = set()
         self._seq_re = re.compile(rf"^{re.escape(rt.prefix)}(x?)(\d+)$")
 
     def learn(self, symbols: Iterable[str], since_ms: int | None, budget: Budget) -> Report:
@@ -92,7 +97,9 @@ class ExchangeHistory:
                 rep.max_emergency_seq = max(rep.max_emergency_seq, int(m.group(2)))
             else:
                 rep.max_seq = max(rep.max_seq, int(m.group(2)))
-            local = self.rt.store.get_order(cid)
+            local = self.rt.store.get_order(cid, decrypt=False)  # a look, no decryption
+            if local is None and self.skip_archived and self._archived(cid):
+                continue
             if local is None:
                 local = self._adopt(ex, cid, int(m.group(2)), bool(m.group(1)))
                 rep.adopted_orders.append(cid)
@@ -104,6 +111,13 @@ class ExchangeHistory:
                     rep.updated_orders.append(cid)
             by_exchange_id[str(ex.get("id"))] = local
         return seen
+
+    def _archived(self, cid: str) -> bool:
+        """Whether retention moved this order to an archive (remembered: a window held open by
+        an old live order lists the same archived orders on every pass)."""
+        if cid not in self._archived_ids and archived_order(self.rt.store.path, cid) is not None:
+            self._archived_ids.add(cid)
+        return cid in self._archived_ids
 
     def _adopt(self, ex: dict[str, Any], cid: str, seq: int, emergency: bool) -> Order:
         side = str(ex.get("side"))

@@ -382,24 +382,25 @@ class OrderBook:
         self._fills_due.update(cids)
 
     def sync_fills(self, budget: Budget) -> None:
-        """Fetch the trades of orders whose recorded fills fall short of what the exchange filled."""
+        """Fetch the trades of orders whose recorded fills fall short of what the exchange filled.
+
+        The set holds work in hand only (orders with fills still to record): each check reads
+        two indexed rows and decrypts nothing; an order is read whole only to fetch its trades."""
         for cid in sorted(self._fills_due):
             if budget.expired():
                 return
-            o = self.store.get_order(cid)
+            o = self.store.get_order(cid, decrypt=False)
             if o is None or not o.exchange_order_id:
                 self._fills_due.discard(cid)
                 continue
-            have = sum(as_float(f.amount) for f in self.store.fills(client_order_id=cid))
-            if have >= as_float(o.filled) - FILL_EPS:
+            if self.store.recorded_fill_amount(cid) >= as_float(o.filled) - FILL_EPS:
                 if o.state in FINAL or o.state == "OPEN":
                     self._fills_due.discard(cid)
                 continue
             trades = self.rt.call("account", self.rt.exchange.fetch_order_trades, o.exchange_order_id,
                                   o.symbol, budget=budget)
             self.add_trades(o, trades)
-            have = sum(as_float(f.amount) for f in self.store.fills(client_order_id=cid))
-            if have >= as_float(o.filled) - FILL_EPS:
+            if self.store.recorded_fill_amount(cid) >= as_float(o.filled) - FILL_EPS:
                 self._fills_due.discard(cid)
 
     def add_trades(self, o: Order, trades: Iterable[dict[str, Any]]) -> int:

@@ -85,7 +85,8 @@ class Flattener:
         self.stop, self.deadline = stop, deadline
         self.basis = basis
         self.book = OrderBook(rt, RiskLimits(rt.cfg.risk))
-        self.history = ExchangeHistory(rt, self.book, source=SOURCE)
+        self.history = ExchangeHistory(rt, self.book, source=SOURCE,
+                                       skip_archived=basis != "exchange")
         self.refused: dict[str, str] = {}
         self._misses: dict[str, int] = {}  # bot order -> "not found" answers past its fence
         self._learned_since: int | None = None

@@ -26,6 +26,7 @@ import psutil
 from tradeguard.config import Config
 from tradeguard.exceptions import ManagerError
 from tradeguard.heartbeat import PidInfo, process_for, read_pidfile
+from watchdog import consolelog
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,18 @@ class StandaloneManager(BotManager):
             return
         paths = self.cfg.runtime
         paths.logs_dir.mkdir(parents=True, exist_ok=True)
-        # Console output (tracebacks of a crash at import time) goes beside the bot's JSON log.
-        with open(paths.logs_dir / "bot.console.log", "ab") as out:
+        # Console output (tracebacks of a crash at import time) goes beside the bot's JSON log,
+        # one generation per bot process, bounded in size while it runs (see poll).
+        console = paths.logs_dir / "bot.console.log"
+        consolelog.new_generation(console)
+        with open(console, "ab") as out:
             self._child = subprocess.Popen(self.argv(), env=self.environ, stdin=subprocess.DEVNULL,
                                            stdout=out, stderr=subprocess.STDOUT,
                                            start_new_session=True, close_fds=True)
         log.info("started the bot (pid %d)", self._child.pid)
 
     def poll(self) -> None:
+        consolelog.bound(self.cfg.runtime.logs_dir / "bot.console.log")
         if self._child is not None and self._child.poll() is not None:
             self.last_exit = self._child.returncode
             log.info("bot pid %d exited with %s", self._child.pid, self.last_exit)

@@ -33,7 +33,13 @@ API (Order, Fill, Position are frozen dataclasses; amounts are floats)::
         def transitions(self, cid=None) -> list[Transition]          # the audit trail
         def reencrypt(self, *, batch_size=500, progress=None) -> int  # key rotation
         def verify_encryption(self, cipher) -> int
+        def get_order(self, cid, *, decrypt=True); def order_ids(states, *, updated_since=None,
+            filled_only=False) -> list[str]; def recorded_fill_amount(cid) -> float  # hot paths
+        def counts(self) -> dict; def orders_by_state(self) -> dict  # kept counters, no recount
     def open_readonly(path, cipher=None) -> StateReader  # same reads; never decrypts without a cipher
+    class Archiver(store, *, max_age_s, batch=200): step(time_limit_s=0.05, now=None); run()
+    def history_fills(state_db, cipher=None, *, symbol=None, since=None, until=None) -> list[Fill]
+    def archived_order(state_db, cid) -> Order | None; def archive_files(state_db) -> list[Path]
     def stored_key_id(path) -> str | None                # key id the database was written under
 
 Durability: every write is one short ``BEGIN IMMEDIATE`` transaction on a connection with
@@ -52,6 +58,9 @@ Opening never silently uses or overwrites a damaged file:
   with ``needs_reconciliation`` set, so the bot rebuilds its view from the exchange before
   trading. ``store.quarantined`` is the moved path. Other events: ``state.migrated`` and
   ``state.position_adjusted``.
+* ``PRAGMA quick_check`` runs at open only when asked: ``integrity="auto"`` (the bot) scans after
+  an unclean shutdown or a change to the file since its last clean close (``state.db.session``),
+  ``"always"`` every time, ``"never"`` (the default; the watchdog's emergency path) not at all.
 * A key that cannot decrypt the canary in ``meta`` raises WrongKeyError and touches nothing.
 * A database newer than this code raises SchemaVersionError and touches nothing.
 
@@ -63,7 +72,14 @@ million orders a second. ``tg-<12 chars>-x<16 digits>`` stays within Binance's 3
 Modules, from the bottom up: ``records`` (states, transitions, dataclasses), ``connection``
 (SQLite connections and SQL helpers), ``files`` (fsync, quarantine, backup), ``canary`` (the key
 canary), ``probe`` (checks before use), ``positions`` (average-cost maths), ``validation`` (input
-rules), ``reads`` (the shared reads and StateReader), ``store`` (StateStore, the writer).
+rules), ``reads`` (the shared reads and StateReader), ``session`` (the clean-shutdown marker), ``store``
+(StateStore, the writer), ``archive`` (retention: monthly archives and history reads).
+
+Work in hand, not history: the hot paths (startup, ticks, reconciliation, the health snapshot)
+use indexed queries on live orders or a recent window, ``counts()``/``orders_by_state()`` read
+counters the schema's triggers keep, and ``get_order(cid, decrypt=False)`` looks at a closed order
+without decrypting it. Closed orders older than ``[retention] archive_after_days`` move to
+``data/archive/state-YYYY-MM.db`` (see :mod:`resilience.state.archive`).
 """
 from __future__ import annotations
 
@@ -74,11 +90,13 @@ from resilience.state.reads import StateReader, open_readonly
 from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, TERMINAL,
                                       Fill, NewOrder, Order, Position, Transition)
 from resilience.state.store import EventCallback, Progress, StateStore
+from resilience.state.archive import Archiver, archive_files, archived_order, history_fills
 
 __all__ = [
     "ALLOWED", "BUSY_TIMEOUT_MS", "CANARY", "ORDER_STATES", "ORIGINS", "PURPOSES", "SIDES",
     "SYNCHRONOUS", "TERMINAL",
-    "EventCallback", "Fill", "NewOrder", "Order", "Position", "Progress", "Transition",
+    "Archiver", "EventCallback", "Fill", "NewOrder", "Order", "Position", "Progress", "Transition",
     "StateReader", "StateStore",
-    "apply_fill", "open_readonly", "stored_key_id",
+    "apply_fill", "archive_files", "archived_order", "history_fills", "open_readonly",
+    "stored_key_id",
 ]

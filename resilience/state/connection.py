@@ -62,7 +62,10 @@ def _one(c: sqlite3.Connection, sql: str, args: Iterable[Any] = ()) -> Any:
         cur.close()
 
 
-def _connect(path: Path, *, readonly: bool, synchronous: str = "FULL") -> _Connection:
+def _connect(path: Path, *, readonly: bool, synchronous: str = "FULL",
+             new: bool = False) -> _Connection:
+    """A connection; ``new`` (an empty file): pages freed by deletes (retention) are returned to
+    the file system (``auto_vacuum = INCREMENTAL``, settable only before WAL and the first table)."""
     if readonly:
         conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
                                isolation_level=None, check_same_thread=False, factory=_Connection)
@@ -73,6 +76,8 @@ def _connect(path: Path, *, readonly: bool, synchronous: str = "FULL") -> _Conne
         conn.row_factory = sqlite3.Row
         # _one: these PRAGMAs return a row; left unread, journal_mode's blocks every COMMIT
         _one(conn, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if new and not readonly:
+            _one(conn, "PRAGMA auto_vacuum = INCREMENTAL")
         if not readonly:
             _one(conn, "PRAGMA journal_mode = WAL")
         _one(conn, f"PRAGMA synchronous = {synchronous}")

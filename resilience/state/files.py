@@ -43,6 +43,8 @@ def _backup(conn: sqlite3.Connection, dest: Path) -> None:
             target = sqlite3.connect(str(tmp))
             try:
                 conn.backup(target)  # one step: a consistent snapshot while writers go on
+                # a self-contained file: opening the copy never creates -wal/-shm beside it
+                target.execute("PRAGMA journal_mode = DELETE").fetchall()
             finally:
                 target.close()
     except FileExistsError:

@@ -23,8 +23,9 @@ def _usable_version(conn: sqlite3.Connection, cipher: FieldCipher | None, path: 
     return version
 
 
-def _probe(path: Path, cipher: FieldCipher | None) -> str | None:
+def _probe(path: Path, cipher: FieldCipher | None, *, quick_check: bool = True) -> str | None:
     """Read-only look at an existing file: the corruption found, or None if it is usable.
+    ``quick_check``: scan every page (``PRAGMA quick_check``); else only what opening reads.
 
     Raises WrongKeyError / SchemaVersionError without writing anything."""
     try:
@@ -34,9 +35,10 @@ def _probe(path: Path, cipher: FieldCipher | None) -> str | None:
             return str(e)
         raise StateError(f"cannot open {path}: {e}") from None
     try:
-        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-        if rows != ["ok"]:
-            return "quick_check: " + "; ".join(rows[:5])
+        if quick_check:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+            if rows != ["ok"]:
+                return "quick_check: " + "; ".join(rows[:5])
         _usable_version(conn, cipher, path)
         return None
     except sqlite3.DatabaseError as e:

@@ -20,6 +20,13 @@ from resilience.state.records import ORDER_STATES, Fill, Order, Position, Transi
 from tradeguard.exceptions import FieldDecryptError, StateCorruptError, StateError
 
 
+def _counters(c: sqlite3.Connection) -> dict[str, int]:
+    """The counters the schema's triggers keep (empty before the schema has them)."""
+    if not _one(c, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'counters'"):
+        return {}
+    return {r[0]: r[1] for r in c.execute("SELECT name, value FROM counters")}
+
+
 class _Reads:
     _conn: _Connection
     _cipher: FieldCipher | None
@@ -57,8 +64,11 @@ class _Reads:
         text = self._dec(table, pk, column, blob)
         return json.loads(text) if text else None
 
-    def _order(self, r: sqlite3.Row) -> Order:
+    def _order(self, r: sqlite3.Row, decrypt: bool = True) -> Order:
         cid = r["client_order_id"]
+        if not decrypt:  # plain columns only: what the hot paths need of a closed order
+            return Order(**{k: r[k] for k in r.keys() if k not in ("reason", "raw")},
+                         reason=None, raw=None)
         return Order(
             client_order_id=cid, seq=r["seq"], bot_id=r["bot_id"], origin=r["origin"],
             purpose=r["purpose"], symbol=r["symbol"], side=r["side"], type=r["type"],
@@ -75,11 +85,35 @@ class _Reads:
                     fee_currency=r["fee_currency"], ts=r["ts"],
                     raw=self._dec_json("fills", schema.aad_pk("fills", r), "raw", r["raw"]))
 
-    def get_order(self, cid: str) -> Order | None:
-        """The order with this client order id, or None."""
+    def get_order(self, cid: str, *, decrypt: bool = True) -> Order | None:
+        """The order with this client order id, or None; ``decrypt=False`` leaves ``reason`` and
+        ``raw`` None (no decryption: a look at a closed order costs one indexed row)."""
         with self._read() as c:
             r = _one(c, "SELECT * FROM orders WHERE client_order_id = ?", (cid,))
-            return self._order(r) if r else None
+            return self._order(r, decrypt) if r else None
+
+    def order_ids(self, states: Iterable[str], *, updated_since: float | None = None,
+                  filled_only: bool = False) -> list[str]:
+        """Client order ids in ``states`` (changed since ``updated_since``; with a fill when
+        ``filled_only``), oldest change first: one indexed range, nothing decrypted."""
+        states = tuple(states)
+        where = [f"state IN ({','.join('?' * len(states))})"]
+        args: list[Any] = list(states)
+        if updated_since is not None:
+            where.append("updated_at >= ?")
+            args.append(float(updated_since))
+        if filled_only:
+            where.append("filled > 0")
+        with self._read() as c:
+            return [r[0] for r in c.execute(
+                f"SELECT client_order_id FROM orders WHERE {' AND '.join(where)} "
+                "ORDER BY updated_at", args)]
+
+    def recorded_fill_amount(self, cid: str) -> float:
+        """The sum of the fills recorded for one order (indexed; nothing decrypted)."""
+        with self._read() as c:
+            return float(_one(c, "SELECT COALESCE(SUM(amount), 0) FROM fills "
+                                 "WHERE client_order_id = ?", (cid,))[0])
 
     def orders(self, states: str | Iterable[str] | None = None, *, symbol: str | None = None,
                origin: str | None = None) -> list[Order]:
@@ -146,31 +180,46 @@ class _Reads:
         return live, newest
 
     def counts(self) -> dict[str, int]:
-        """Rows per table (sqlite-utils)."""
+        """Rows per table: the kept counters for orders, fills and transitions (nothing is
+        recounted), a count for the small tables."""
         with self._read() as c:
+            kept = _counters(c)
             db = Database(c, execute_plugins=False)
-            return {t: db[t].count for t in schema.TABLES if db[t].exists()}
+            return {t: kept[t] if t in kept else db[t].count
+                    for t in schema.TABLES if db[t].exists()}
 
-    def check(self) -> dict[str, Any]:
-        """Full integrity check, schema version, row counts, orders by state, WAL size."""
+    def orders_by_state(self) -> dict[str, int]:
+        """How many orders are in each state (non-zero ones), from the kept counters."""
         with self._read() as c:
-            integrity = "; ".join(r[0] for r in c.execute("PRAGMA integrity_check").fetchall())
+            return {k.split(".", 1)[1]: v for k, v in _counters(c).items()
+                    if k.startswith("orders.") and v}
+
+    def check(self, *, full: bool = False) -> dict[str, Any]:
+        """Integrity (``quick_check``; ``integrity_check`` when ``full``), schema version, row
+        counts, orders by state, WAL size."""
+        pragma = "integrity_check" if full else "quick_check"
+        with self._read() as c:
+            integrity = "; ".join(r[0] for r in c.execute(f"PRAGMA {pragma}").fetchall())
             version = schema.current_version(c)
-            by_state = {r[0]: r[1] for r in
-                        c.execute("SELECT state, COUNT(*) FROM orders GROUP BY state")}
         wal = self.path.with_name(self.path.name + "-wal")
         return {"integrity": integrity, "schema_version": version, "counts": self.counts(),
-                "orders_by_state": by_state, "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+                "orders_by_state": self.orders_by_state(),
+                "wal_bytes": wal.stat().st_size if wal.exists() else 0,
                 "needs_reconciliation": self.needs_reconciliation,
                 "key_id": self.meta_value("key_id")}
 
-    def verify_encryption(self, cipher: FieldCipher) -> int:
-        """Decrypt every encrypted value with ``cipher`` (e.g. the new key alone); count them.
+    def verify_encryption(self, cipher: FieldCipher, *, newest: int | None = None) -> int:
+        """Decrypt every encrypted value with ``cipher`` (e.g. the new key alone) -- or those of
+        the ``newest`` rows of each table (a quick check) -- and the canary; count them.
 
         Raises FieldDecryptError on the first value it cannot open."""
         count = 0
         for table, _pk, cols in schema.ENCRYPTED:
             last = 0
+            if newest is not None:
+                with self._read() as c:
+                    top = _one(c, f"SELECT MAX(rowid) FROM {table}")[0] or 0
+                last = max(top - newest, 0)
             while True:
                 with self._read() as c:
                     rows = _rows_after(c, table, last, 1000)

@@ -23,6 +23,9 @@ from resilience.state.files import _quarantine, _side_files
 from resilience.state.positions import _DUST, apply_fill
 from resilience.state.probe import _probe, _usable_version
 from resilience.state.reads import _Reads
+from resilience.state.session import Session
+
+TRANSITIONS_FLOOR_KEY = "transitions_archived_max_id"  # meta: the highest transition id archived
 from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, Fill,
                                       NewOrder, Order)
 from resilience.state.validation import _BOT_ID_RE, _CID_RE, _TRANSITION_FIELDS, _finite, _symbol
@@ -46,6 +49,7 @@ def _dumps(value: Any) -> str:
 
 
 SEQUENCES = ("orders", "emergency")
+INTEGRITY = ("auto", "always", "never")
 
 
 def _sequence_start() -> int:
@@ -58,8 +62,12 @@ class StateStore(_Reads):
 
     def __init__(self, path: Path, cipher: FieldCipher | None, *, synchronous: str = "FULL",
                  on_event: EventCallback | None = None, checkpoint_every: int = 2000,
-                 checkpoint_interval_s: float = 300.0):
+                 checkpoint_interval_s: float = 300.0, integrity: str = "never",
+                 clock: Callable[[], float] = time.time):
         super().__init__()
+        self._clock = clock  # the time rows are stamped with (a history builder sets the past)
+        if integrity not in INTEGRITY:
+            raise StateError(f"integrity = {integrity!r}: must be one of {', '.join(INTEGRITY)}")
         if cipher is not None and not isinstance(cipher, FieldCipher):
             raise TypeError(f"cipher must be a FieldCipher, not {type(cipher).__name__} "
                             "(ensure_cipher returns a (cipher, generated) pair)")
@@ -76,9 +84,18 @@ class StateStore(_Reads):
         self.quarantined: Path | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+        self._session = Session(self.path)
         problem = None
+        self.integrity_checked = False  # PRAGMA quick_check ran at this open
+        verified = True
         if self.path.exists():
-            problem = _probe(self.path, cipher)
+            unclean = self._session.needs_check()
+            self.integrity_checked = integrity == "always" or (integrity == "auto" and unclean)
+            verified = self.integrity_checked or not unclean
+            if unclean and not self.integrity_checked:
+                log.info("state.db was not closed cleanly; integrity check skipped (integrity=%s)",
+                         integrity)
+            problem = _probe(self.path, cipher, quick_check=self.integrity_checked)
         elif any(p.exists() for p in _side_files(self.path)):
             problem = "a -wal/-shm file without its database"
         if problem:
@@ -93,11 +110,13 @@ class StateStore(_Reads):
         if not self.path.exists():  # private from the start; -wal/-shm inherit the mode
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
-            self._conn = _connect(self.path, readonly=False, synchronous=sync)
+            self._conn = _connect(self.path, readonly=False, synchronous=sync,
+                                  new=self.path.stat().st_size == 0)
         except sqlite3.DatabaseError as e:
             raise StateError(f"cannot open {self.path}: {e}") from None
         try:
             self._init_schema()
+            self._session.open(verified=verified or problem is not None)
         except BaseException:
             self._closed = True
             self._conn.close()
@@ -105,14 +124,27 @@ class StateStore(_Reads):
 
     @classmethod
     def open(cls, path: Path, cipher: FieldCipher | None, *, synchronous: str = "FULL",
-             on_event: EventCallback | None = None) -> "StateStore":
+             on_event: EventCallback | None = None, integrity: str = "never") -> "StateStore":
         """Open (create, migrate, or quarantine and recreate) the state database.
+
+        ``integrity``: when to run ``PRAGMA quick_check`` before use -- ``auto`` only after an
+        unclean shutdown or a change to the file since its last clean close (see
+        :mod:`resilience.state.session`), ``always``, or ``never`` (the watchdog's emergency
+        path: a damaged page then surfaces as StateCorruptError on the read that meets it).
 
         ``cipher=None`` is the keyless mode of the emergency flatten (no field key, or not the one
         the file was written under): the key canary is neither checked nor written, encrypted
         columns are written as NULL and read as None, kv writes are refused. Amounts, states and
         positions are plain columns, so orders and fills are recorded in full."""
-        return cls(path, cipher, synchronous=synchronous, on_event=on_event)
+        return cls(path, cipher, synchronous=synchronous, on_event=on_event, integrity=integrity)
+
+    def close(self) -> None:
+        """Close the connection; the last writer out marks the file cleanly closed."""
+        with self._lock:
+            was_open = not self._closed
+            super().close()
+            if was_open:
+                self._session.close()
 
     def _enc(self, table: str, pk: str, column: str, value: str | bytes) -> bytes | None:
         """An encrypted column's value; NULL in keyless mode (see ``open``)."""
@@ -187,7 +219,10 @@ class StateStore(_Reads):
     def _audit(self, c: sqlite3.Connection, cid: str | None, frm: str | None, to: str,
                note: str, now: float) -> None:
         # The id is chosen here (under the write lock) because the note is bound to it.
-        tid = _one(c, "SELECT COALESCE(MAX(id), 0) + 1 FROM transitions")[0]
+        # above the highest id ever used, archived ones included: an id is never reused
+        tid = _one(c, "SELECT MAX(COALESCE((SELECT MAX(id) FROM transitions), 0), COALESCE(("
+                      "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0)) + 1",
+                   (TRANSITIONS_FLOOR_KEY,))[0]
         blob = self._enc("transitions", tid, "note", _clean(note)) if note else None
         c.execute("INSERT INTO transitions(id, client_order_id, from_state, to_state, ts, note) "
                   "VALUES (?, ?, ?, ?, ?, ?)", (tid, cid, frm, to, now, blob))
@@ -229,7 +264,7 @@ class StateStore(_Reads):
         """Commit a new order as INTENT (durably) before anything is sent; duplicate id -> StateError."""
         self._validate_new(o)
         price = None if o.price is None else float(o.price)
-        now = time.time()
+        now = self._clock()
         text = _clean(o.reason)
         with self._write() as c:
             reason = self._enc("orders", o.client_order_id, "reason", text) if text else None
@@ -274,7 +309,7 @@ class StateStore(_Reads):
             raise StateError(f"transition() got unknown field(s) {sorted(unknown)}; allowed: "
                              f"{', '.join(_TRANSITION_FIELDS)}")
         values = self._transition_values(cid, fields)
-        now = time.time()
+        now = self._clock()
         with self._write() as c:
             r = _one(c, "SELECT state FROM orders WHERE client_order_id = ?", (cid,))
             if r is None:
@@ -320,7 +355,7 @@ class StateStore(_Reads):
         fill_id = str(f.fill_id)
         pk = schema.aad_pk("fills", {"fill_id": fill_id, "symbol": f.symbol})
         raw = None if f.raw is None else self._enc("fills", pk, "raw", _dumps(f.raw))
-        now = time.time()
+        now = self._clock()
         with self._write() as c:
             cur = c.execute(
                 "INSERT OR IGNORE INTO fills(fill_id, symbol, client_order_id, exchange_order_id, "
@@ -363,7 +398,7 @@ class StateStore(_Reads):
         if not math.isfinite(new):
             raise StateError(f"amount = {amount!r}: must be finite")
         price = _finite("price", price, positive=True, allow_none=True)
-        now = time.time()
+        now = self._clock()
         with self._write() as c:
             r = _one(c, "SELECT amount, cost, realized_pnl FROM positions WHERE symbol = ?",
                      (symbol,))
@@ -407,9 +442,15 @@ class StateStore(_Reads):
         with self._write() as c:
             c.execute("INSERT INTO kv(key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
                       "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                      (key, blob, time.time()))
+                      (key, blob, self._clock()))
 
     # --- maintenance --------------------------------------------------------------------
+    def release_free_pages(self, pages: int = 1000) -> None:
+        """Give up to ``pages`` free pages back to the file system (databases created with
+        incremental auto-vacuum; a no-op for older ones). A short write of its own."""
+        with self._read() as c:
+            c.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+
     def checkpoint(self, *, wait: bool = True) -> None:
         """Copy the WAL into the database and truncate it (bounded WAL); best effort with readers.
 

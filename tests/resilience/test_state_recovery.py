@@ -49,7 +49,9 @@ def test_corrupt_file_is_quarantined_and_the_store_starts_empty(data_dir, where)
     damaged = _digest(db)
     Path(f"{db}-wal").write_bytes(b"")  # side files travel with the database
     events = []
-    store = StateStore.open(db, cipher_for(1), on_event=lambda k, m, **f: events.append((k, m, f)))
+    # the file changed after its clean close: "auto" scans it
+    store = StateStore.open(db, cipher_for(1), on_event=lambda k, m, **f: events.append((k, m, f)),
+                            integrity="auto")
     try:
         q = store.quarantined
         assert q is not None and q.name.startswith("state.db.corrupt-") and q.name.endswith("Z")
@@ -157,14 +159,17 @@ def test_older_schema_is_migrated_forward_keeping_its_data(data_dir):
     events = []
     store = StateStore.open(db, cipher_for(1), on_event=lambda k, m, **f: events.append((k, f)))
     try:
-        assert events == [("state.migrated", {"from_version": 1, "to_version": 2})]
-        assert store.check()["schema_version"] == schema.SCHEMA_VERSION == 2
+        assert events == [("state.migrated", {"from_version": 1, "to_version": 3})]
+        assert store.check()["schema_version"] == schema.SCHEMA_VERSION == 3
+        # the counters start from the rows the old database held, then follow every change
+        assert store.orders_by_state() == {"OPEN": 1} and store.counts()["orders"] == 1
         o = store.get_order(cid)
         assert (o.state, o.amount, o.reason) == ("OPEN", 0.5, "from v1")
         assert store.kv_get("strategy") == {"ema": 1.5}
         assert store.next_client_order_id("tg1") == ("tg-tg1-6", 6)
         store.transition(cid, "FILLED", note="after migration")  # the new audit table works
         assert [t.to_state for t in store.transitions(cid)] == ["FILLED"]
+        assert store.orders_by_state() == {"FILLED": 1} and store.counts()["transitions"] == 1
         indexes = {i[1] for i in store._conn.execute("PRAGMA index_list(orders)")}
         assert "idx_orders_state_symbol" in indexes
         assert not store.needs_reconciliation

@@ -26,11 +26,13 @@ def read_state_summary(path: Path) -> dict[str, Any]:
         try:
             live = reader.orders(LIVE_STATES)
             positions = {sym: p.amount for sym, p in reader.positions().items()}
-            fills = reader.counts().get("fills", 0)
+            # counters the schema keeps as rows change: nothing here grows with the history
+            counts = reader.counts()
+            by_state = reader.orders_by_state()
             needs_reconciliation = reader.needs_reconciliation
         finally:
             reader.close()
-        by_state = _orders_by_state(path)
+        fills = counts.get("fills", 0)
     except (TradeguardError, sqlite3.Error) as e:
         return {"available": False, "error": f"state.db cannot be read: {e}"}
     return {
@@ -49,12 +51,3 @@ def _order(o: Any) -> dict[str, Any]:
             "type": o.type, "purpose": o.purpose, "origin": o.origin, "amount": o.amount,
             "price": o.price, "filled": o.filled, "state": o.state, "created_at": o.created_at,
             "updated_at": o.updated_at}
-
-
-def _orders_by_state(path: Path) -> dict[str, int]:
-    # StateReader has no per-state count; one indexed GROUP BY instead of loading every order.
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
-    try:
-        return dict(conn.execute("SELECT state, count(*) FROM orders GROUP BY state").fetchall())
-    finally:
-        conn.close()

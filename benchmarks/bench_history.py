@@ -1,0 +1,319 @@
+"""History benchmark (#20): does a bot with a year of trading start, tick and answer as on day one?
+
+    .venv/bin/python -m benchmarks.bench_history --build-only --sizes 1000,100000,1000000
+    .venv/bin/python -m benchmarks.bench_history --sizes 1000,100000,1000000
+
+For each size N, a state.db with N closed orders is built through the store's own API (each
+order with one fill and three transitions, encrypted as the bot writes them; tests/helpers/
+history.py), spread evenly over ``--days`` (365) ending an hour ago. Building is slow (several
+ms an order on a shared 2-core machine), so each database is built once into ``--cache``
+(``benchmarks/.cache/``, gitignored; resumable: an interrupted build continues) and copied for
+every measurement. Then, on a copy:
+
+* ``archive``: the default retention policy ([retention] archive_after_days = 7) applied with
+  the Archiver (batch after batch, as the bot does a slice per tick) -- its time, and state.db's
+  size before and after (the policy's bound) and the archives' size;
+* ``cold start``: ``tradeguard bot`` spawned until its heartbeat says ``running`` (recovery done),
+  median of ``--runs``; ``first tick`` is the loop_ms of the first heartbeat after it;
+* ``steady tick``: median loop_ms of the heartbeats over the minute after start;
+* ``RSS``: the bot's RSS a minute after start;
+* ``status``: ``tradeguard status --json`` wall time; ``db check``: ``tradeguard db check``
+  (live state.db: quick_check, key check of the recent rows) while the bot runs;
+* ``/health/detailed``: in-process ``build_snapshot`` with the state.db cache expired (a cache
+  miss), median of 20;
+* ``flatten``: ``Emergency`` run (the watchdog's flatten, in-process) on the data dir until its
+  first order reaches the paper exchange; the watchdog's RSS after importing its modules.
+
+Also ``--unarchived``: the same measures with the whole history left in state.db (retention
+disabled): the hot paths must not care. Everything runs on 127.0.0.1 against a paper exchange.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tests.helpers.history import build_history
+from tradeguard.paths import RuntimePaths
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+DAY = 86400.0
+
+
+def _paths(root: Path) -> RuntimePaths:
+    return RuntimePaths(root / "data", root / "logs")
+
+
+def build(n: int, days: float, cache: Path = CACHE) -> Path:
+    """The cached history of ``n`` orders (built, or finished, now); its root directory."""
+    from resilience.keys import ensure_cipher
+
+    root = cache / f"history-{n}-{int(days)}d"
+    done = root / "built.json"
+    if done.exists():
+        return root
+    paths = _paths(root)
+    paths.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.logs_dir.mkdir(parents=True, exist_ok=True)
+    cipher, _ = ensure_cipher(paths, allow_generate=True, environ={}) \
+        if not paths.field_key.exists() else ensure_cipher(paths, allow_generate=False, environ={})
+    meta = root / "building.json"
+    spent = json.loads(meta.read_text())["seconds"] if meta.exists() else 0.0
+    anchor = json.loads(meta.read_text())["end"] if meta.exists() else time.time() - 3600
+    t0 = time.monotonic()
+
+    def progress(i: int) -> None:
+        meta.write_text(json.dumps({"seconds": spent + time.monotonic() - t0, "end": anchor}))
+        print(f"  built {i}/{n} orders ({spent + time.monotonic() - t0:.0f} s)", flush=True)
+
+    meta.write_text(json.dumps({"seconds": spent, "end": anchor}))
+    build_history(paths.state_db, cipher, n, start=anchor - days * DAY, end=anchor,
+                  progress=progress, resume=True)
+    seconds = spent + time.monotonic() - t0
+    done.write_text(json.dumps({"orders": n, "days": days, "end": anchor, "seconds": seconds,
+                                "bytes": paths.state_db.stat().st_size}))
+    meta.unlink()
+    print(f"built {n} orders in {seconds:.0f} s ({paths.state_db.stat().st_size / 1e6:.1f} MB)")
+    return root
+
+
+def copy_history(src: Path, dest: Path) -> RuntimePaths:
+    """A fresh copy of a cached history (state.db and its field key) to measure on."""
+    shutil.copytree(src / "data", dest / "data")
+    (dest / "logs").mkdir(parents=True, exist_ok=True)
+    return _paths(dest)
+
+
+FAST = {"TRADEGUARD_BOT_LOOP_INTERVAL_S": "1.0", "TRADEGUARD_EXCHANGE_TIMEOUT_MS": "3000"}
+
+
+def _px(root: Path) -> Any:
+    from paper_exchange.control import PaperExchange
+    from tests.helpers.proc import free_port, spawn, stop
+
+    return PaperExchange.create(root, free_port(), launch=lambda a, e, log: spawn(a, env=e, log=log),
+                                terminate=stop).start()
+
+
+def _heartbeats(path: Path, pid: int, until: Callable[[Any], bool], timeout: float,
+                seen: list[Any]) -> Any:
+    """Read the heartbeat every 2 ms until ``until(hb)``; every new seq goes into ``seen``."""
+    from tradeguard.heartbeat import read_heartbeat
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hb = read_heartbeat(path)
+        if hb is not None and hb.pid == pid:
+            if not seen or hb.seq != seen[-1][1].seq:
+                seen.append((time.perf_counter(), hb))
+            if until(hb):
+                return hb
+        time.sleep(0.002)
+    raise RuntimeError(f"heartbeat condition not met within {timeout}s (last: {seen[-1:]})")
+
+
+def _cli_seconds(*args: str, env: dict[str, str]) -> tuple[float, int]:
+    from tests.helpers.proc import tradeguard_cmd
+
+    t = time.perf_counter()
+    r = subprocess.run(tradeguard_cmd(*args), env={**os.environ, **env}, capture_output=True)
+    return time.perf_counter() - t, r.returncode
+
+
+def _archive(paths: RuntimePaths) -> dict[str, Any]:
+    """The default retention policy applied to the copy, as the bot would (batch by batch)."""
+    from resilience.keys import ensure_cipher
+    from resilience.state import Archiver, StateStore, archive_files
+    from tradeguard.config import RetentionConfig
+
+    policy = RetentionConfig()  # the defaults
+    before = paths.state_db.stat().st_size
+    store = StateStore.open(paths.state_db, ensure_cipher(paths, allow_generate=False, environ={})[0],
+                            synchronous="NORMAL")
+    try:
+        t = time.perf_counter()
+        moved = Archiver(store, max_age_s=policy.archive_after_days * DAY,
+                         batch=policy.batch_orders).run()
+        seconds = time.perf_counter() - t
+        store.checkpoint()
+        live = store.counts()["orders"]
+    finally:
+        store.close()
+    files = archive_files(paths.state_db)
+    return {"moved": moved, "seconds": round(seconds, 2), "orders_per_s": round(moved / seconds),
+            "live_orders": live, "state_db_before_mb": round(before / 1e6, 2),
+            "state_db_after_mb": round(paths.state_db.stat().st_size / 1e6, 2),
+            "archives": len(files), "archives_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2)}
+
+
+def _snapshot_ms(paths: RuntimePaths, px: Any, runs: int = 20) -> float:
+    """build_snapshot (what /health/detailed serves) with the state.db cache expired."""
+    from tradeguard.config import load_config
+    from watchdog.health import snapshot
+
+    cfg = load_config(px.config_file, data_dir=paths.data_dir, logs_dir=paths.logs_dir, env=px.env)
+    out = []
+    for _ in range(runs):
+        snapshot._cache.clear()
+        t = time.perf_counter()
+        snapshot.build_snapshot(cfg)
+        out.append((time.perf_counter() - t) * 1000)
+    return statistics.median(out)
+
+
+def _flatten(paths: RuntimePaths, px: Any) -> dict[str, Any]:
+    """The watchdog's flatten (in-process) on the data dir the bot left: to its first order."""
+    from tradeguard.config import load_config
+    from watchdog.emergency import flatten
+
+    cfg = load_config(px.config_file, data_dir=paths.data_dir, logs_dir=paths.logs_dir, env=px.env)
+    first: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        con = None
+        while not done.is_set() and not first:
+            try:
+                con = con or sqlite3.connect(f"file:{paths.state_db}?mode=ro", uri=True)
+                if con.execute("SELECT 1 FROM orders WHERE origin = 'watchdog' LIMIT 1").fetchone():
+                    first.append(time.perf_counter())
+            except sqlite3.Error:
+                pass
+            time.sleep(0.001)
+
+    threading.Thread(target=watch, daemon=True).start()
+    os.environ.update(px.env)  # the exchange credentials, as the watchdog's environment has them
+    t = time.perf_counter()
+    result = flatten(cfg, "bench: time to first order")
+    total = time.perf_counter() - t
+    done.set()
+    return {"first_order_s": round(first[0] - t, 3) if first else None,
+            "total_s": round(total, 3), "state": result.state, "orders": len(result.orders),
+            "errors": [str(e)[:200] for e in result.errors[:2]]}
+
+
+def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure for one history size (see the module docstring)."""
+    import psutil
+    from tests.helpers.proc import spawn, stop, tradeguard_cmd
+
+    out: dict[str, Any] = {"orders": n}
+    with tempfile.TemporaryDirectory(prefix=f"bench-history-{n}-") as tmp:
+        cold, first_tick = [], []
+        for run in range(args.runs):
+            root = Path(tmp) / f"run{run}"
+            paths = copy_history(cached, root)
+            if run == 0:
+                out["archive"] = None if args.unarchived else _archive(paths)
+                keep = root / "archived"  # the later runs start from the same policy-bound copy
+                shutil.copytree(paths.data_dir, keep / "data")
+            else:
+                shutil.rmtree(paths.data_dir)
+                shutil.copytree(Path(tmp) / "run0" / "archived" / "data", paths.data_dir)
+            px = _px(root / "paper")
+            env = {**px.env, **FAST}
+            if args.unarchived:
+                env["TRADEGUARD_RETENTION_ENABLED"] = "false"
+            argv = tradeguard_cmd("bot", "--config", str(px.config_file), "--data-dir",
+                                  str(paths.data_dir), "--logs-dir", str(paths.logs_dir))
+            seen: list[Any] = []
+            t0 = time.perf_counter()
+            proc = spawn(argv, env=env, log=root / "bot.out")
+            try:
+                hb = _heartbeats(paths.heartbeat, proc.pid, lambda h: h.state == "running", 120, seen)
+                cold.append(seen[-1][0] - t0)
+                nxt = _heartbeats(paths.heartbeat, proc.pid, lambda h: h.seq > hb.seq, 60, seen)
+                first_tick.append(float(nxt.detail.get("loop_ms") or 0.0))
+                if run == args.runs - 1:  # the long run: steady ticks, RSS, CLI, health, flatten
+                    end = time.monotonic() + args.minute
+                    _heartbeats(paths.heartbeat, proc.pid, lambda h: time.monotonic() > end,
+                                args.minute + 30, seen)
+                    loops = [float(h.detail.get("loop_ms") or 0.0) for _, h in seen
+                             if h.seq > nxt.seq + 5]
+                    out["steady_tick_ms"] = round(statistics.median(loops), 2)
+                    out["rss_mb_after_minute"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
+                    cli = ["--config", str(px.config_file), "--data-dir", str(paths.data_dir),
+                           "--logs-dir", str(paths.logs_dir)]
+                    out["status_s"] = round(statistics.median(
+                        _cli_seconds("status", "--json", *cli, env=px.env)[0] for _ in range(3)), 3)
+                    checks = [_cli_seconds("db", "check", *cli, env=px.env) for _ in range(3)]
+                    out["db_check_s"] = round(statistics.median(c[0] for c in checks), 3)
+                    out["db_check_exit"] = checks[0][1]
+                    out["health_detailed_miss_ms"] = round(_snapshot_ms(paths, px), 2)
+                    out["state_db_mb_running"] = round(paths.state_db.stat().st_size / 1e6, 2)
+            finally:
+                stop(proc)
+            if run == args.runs - 1:
+                out["flatten"] = _flatten(paths, px)
+            px.stop()
+        out["cold_start_s"] = round(statistics.median(cold), 3)
+        out["first_tick_ms"] = round(statistics.median(first_tick), 2)
+        out["cold_start_runs"] = [round(c, 3) for c in cold]
+    print(f"history {n}: {json.dumps(out)}", flush=True)
+    return out
+
+
+def watchdog_rss_mb() -> float:
+    """RSS of a process that has imported what ``tradeguard watchdog`` loads at start."""
+    code = ("import psutil, watchdog.main, watchdog.health.server; "
+            "print(psutil.Process().memory_info().rss)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return round(int(r.stdout.strip()) / 2**20, 1)
+
+
+def report(results: dict[Any, Any], sizes: list[int]) -> None:
+    """The table for docs/BENCHMARKS.md."""
+    print("\n| orders of history | cold start -> running | first tick | steady tick | bot RSS after 1 min "
+          "| `status` | `db check` | health (miss) | flatten to 1st order | state.db (after policy) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        r = results[n]
+        a = r.get("archive") or {}
+        fl = r["flatten"]
+        print(f"| {n:,} | {r['cold_start_s']:.2f} s | {r['first_tick_ms']:.0f} ms | "
+              f"{r['steady_tick_ms']:.1f} ms | {r['rss_mb_after_minute']:.0f} MB | {r['status_s']:.2f} s | "
+              f"{r['db_check_s']:.2f} s | {r['health_detailed_miss_ms']:.1f} ms | "
+              f"{'%.2f s' % fl['first_order_s'] if fl['first_order_s'] is not None else 'no position (%.2f s)' % fl['total_s']} | "
+              f"{a.get('state_db_after_mb', r['state_db_mb_running'])} MB |")
+    print(f"\nwatchdog RSS after its imports: {results['watchdog_rss_mb']} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000,100000",
+                    help="history sizes; add 1000000 for the 10^6 run (its build takes hours here)")
+    ap.add_argument("--days", type=float, default=365.0)
+    ap.add_argument("--cache", type=Path, default=CACHE)
+    ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--minute", type=float, default=60.0, help="seconds of the steady run")
+    ap.add_argument("--unarchived", action="store_true",
+                    help="measure with the whole history in state.db (retention off)")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    roots = {}
+    for n in sizes:
+        t = time.monotonic()
+        roots[n] = build(n, args.days, args.cache)
+        print(f"history {n}: ready ({time.monotonic() - t:.0f} s)", flush=True)
+    if args.build_only:
+        return 0
+    results = {n: measure(n, root, args) for n, root in roots.items()}
+    results["watchdog_rss_mb"] = watchdog_rss_mb()
+    print(json.dumps(results, indent=2))
+    report(results, sizes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
