@@ -37,6 +37,10 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except PermissionError as e:  # a file or directory the checks up front did not cover
+            click.echo(f"error: permission denied: {e.filename or e}: run as the user that owns "
+                       "the data and logs dirs, or fix their permissions", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
