@@ -86,12 +86,10 @@ def _on_breaker_change(dependency: str, old: str, new: str) -> None:
 
 def build_runtime(cfg: Config, failpoints: Failpoints, environ: Mapping[str, str]) -> Runtime:
     """State store, exchange client, resilience manager and kill switch for one bot process."""
+    # The exchange first: a wrong id or missing credentials must fail before a field key is
+    # generated for a state.db that never gets used.
+    exchange = build_exchange(cfg, role="bot", environ=environ)
     store = _open_store(cfg, environ)
-    try:
-        exchange = build_exchange(cfg, role="bot", environ=environ)
-    except BaseException:
-        store.close()
-        raise
     manager = ResilienceManager(cfg.resilience, on_breaker_change=_on_breaker_change)
     killswitch = KillSwitch(cfg.runtime.kill_file, environ=environ)
     return Runtime(cfg, exchange, manager, store, killswitch, failpoints)

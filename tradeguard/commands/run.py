@@ -32,6 +32,11 @@ def run(cfg: Config, only: tuple[str, ...]) -> None:
         write_supervisord_conf
 
     programs = only or default_programs(cfg)
+    if "bot" in programs:  # what the bot would refuse at start, refused before anything starts
+        from bot.preflight import check_exchange, check_strategy
+
+        check_strategy(cfg)
+        check_exchange(cfg)
     preflight(cfg, programs)
     conf = write_supervisord_conf(cfg, programs)
     click.echo(f"tradeguard: starting {', '.join(programs)} under supervisord")
