@@ -30,6 +30,7 @@ from resilience.manager import ResilienceManager
 from resilience.state import StateStore
 from tradeguard.config import Config
 from tradeguard.exceptions import AlreadyRunning, BotSetupError, StateError
+from tradeguard.lifetime import hold_lock
 from tradeguard.heartbeat import Heartbeat, process_for, read_pidfile, write_heartbeat, write_pidfile
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,16 @@ def run_bot(cfg: Config, *, environ: Mapping[str, str] | None = None,
     paths = cfg.runtime.ensure()
     strategy = load_strategy(cfg.bot.strategy, cfg.bot.strategy_params)
     failpoints = Failpoints.load(paths.data_dir, environ)
+    lock = hold_lock(paths.data_dir, "bot", "bot")  # one bot per state.db, race-free
+    try:
+        return _run_locked(cfg, strategy, failpoints, environ, stop)
+    finally:
+        lock.close()
+
+
+def _run_locked(cfg: Config, strategy: Any, failpoints: Failpoints, environ: Mapping[str, str],
+                stop: threading.Event | None) -> int:
+    paths = cfg.runtime
     _refuse_second_instance(cfg)
     write_pidfile(paths.pidfile)
     write_heartbeat(paths.heartbeat, Heartbeat(os.getpid(), time.time(), 0, "starting",

@@ -19,6 +19,7 @@ COMMANDS = [
     ("keys", "keys"),
     ("paper", "paper_exchange"),
     ("run", "run"),
+    ("stop", "stop"),
     ("blackbox_cmd", "blackbox"),
     ("kill", "kill"),
     ("kill", "resume"),
