@@ -77,6 +77,7 @@ class BotConfig:
     strategy_params: dict = _f({}, "Keyword arguments passed to the strategy's constructor.")
     loop_interval_s: float = _f(1.0, "Seconds between loop ticks.", min=0.05, max=3600)
     tick_deadline_s: float = _f(4.0, "Longest one tick may wait on the exchange (keep it below [watchdog] heartbeat_timeout_s).", min=0.5, max=600)
+    strategy_failures_attention: int = _f(5, "Consecutive ticks the strategy raised before the bot asks for attention (heartbeat needs_attention, /health 503, an alert).", min=1, max=1000000)
     reconcile_interval_s: float = _f(30.0, "Seconds between reconciliations while trading.", min=1, max=86400)
     cancel_entries_on_stop: bool = _f(True, "Cancel open entry orders on graceful shutdown.")
     unknown_grace_s: float = _f(10.0, "How long the exchange must keep saying an UNKNOWN order does not exist before it is resubmitted (same id).", min=0, max=3600)

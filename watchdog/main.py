@@ -35,6 +35,7 @@ from tradeguard.config import Config
 from tradeguard.exceptions import TradeguardError
 from tradeguard.lifetime import ProcessLock, hold_lock
 from tradeguard.heartbeat import read_pidfile
+from watchdog.attention import AttentionWatch
 from watchdog.budget import RestartBudget
 from watchdog.checks import BotChecker, Verdict
 from watchdog.emergency import FlattenResult, flatten, pending_flatten
@@ -103,6 +104,7 @@ class Watchdog:
         self._flatten_verified = False
         self._unhealthy_since: float | None = None
         self._unhealthy_alerted = False
+        self.attention = AttentionWatch(self.paths.heartbeat, alerter)
         self._saved_at = 0.0
         self._saved_key: tuple = ()
         self._snapshot: dict[str, Any] = {}
@@ -154,6 +156,7 @@ class Watchdog:
             reported = self._watching(v, now)
         self._set_verdict(reported, now)
         self._alert_if_unhealthy(now)
+        self.attention.observe()
         self._save_if_due(now)
         return reported
 
