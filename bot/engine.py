@@ -305,8 +305,15 @@ class Bot:
             "breakers": m.breaker_states(), "positions": positions,
             "open_orders": len(self.orders.live_orders()), "kill_switch": self.guard.mode,
             "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
-            "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(),
+            "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
         }
+
+    def _pnl_detail(self) -> dict[str, Any]:
+        """What P&L reports need besides state.db (trading.pnl): prices, equity, the day's start."""
+        start = self.guard.daily.start
+        return {"prices": dict(self.feed.prices), "equity": self.guard.equity,
+                "day_start": None if start is None else
+                {"day": start.day, "pnl": start.pnl, "equity": start.equity}}
 
     def _strategy_attention(self) -> str | None:
         """Set while the strategy has raised on ``[bot] strategy_failures_attention`` ticks in a row."""

@@ -25,6 +25,7 @@ COMMANDS = [
     ("kill", "resume"),
     ("health", "health"),
     ("status", "status"),
+    ("trades", "trades"),
     ("bot", "bot"),
     ("watchdog_cmd", "watchdog"),
     ("chaos_cmd", "chaos"),
