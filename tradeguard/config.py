@@ -157,6 +157,8 @@ class AlertsConfig:
     smtp_to: list = _f([], "Recipients.")
     timeout_s: float = _f(10.0, "Per-delivery timeout.", min=0.1, max=300)
     queue_size: int = _f(100, "Alerts waiting for delivery; the oldest are dropped beyond this.", min=1, max=100000)
+    daily_summary: bool = _f(False, "Send a daily_summary alert once a day: equity, P&L (total, today, per symbol), fees, positions.")
+    daily_summary_hour_utc: int = _f(21, "UTC hour from which the day's summary is sent.", min=0, max=23)
 
 
 @dataclass(frozen=True)

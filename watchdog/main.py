@@ -40,6 +40,7 @@ from watchdog.budget import RestartBudget
 from watchdog.checks import BotChecker, Verdict
 from watchdog.emergency import FlattenResult, flatten, pending_flatten
 from watchdog.managers import BotManager, make_manager
+from watchdog.summary import DailySummary
 from watchdog.statefile import EmergencyState, WatchdogState, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Watchdog:
         self._unhealthy_since: float | None = None
         self._unhealthy_alerted = False
         self.attention = AttentionWatch(self.paths.heartbeat, alerter)
+        self.summary = DailySummary(cfg, alerter)
         self._saved_at = 0.0
         self._saved_key: tuple = ()
         self._snapshot: dict[str, Any] = {}
@@ -157,6 +159,7 @@ class Watchdog:
         self._set_verdict(reported, now)
         self._alert_if_unhealthy(now)
         self.attention.observe()
+        self.summary.observe(now)
         self._save_if_due(now)
         return reported
 
