@@ -10,7 +10,9 @@ from tradeguard.config import fallback_config, load_config
 from tradeguard.exceptions import ConfigError
 
 
-def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config``, ``--data-dir``, ``--logs-dir`` passed through as ``config_path``, ``data_dir``,
+    ``logs_dir`` (for commands that interpret them themselves)."""
     fn = click.option("--logs-dir", type=click.Path(file_okay=False),
                       help="Logs directory (overrides [paths] logs_dir).")(fn)
     fn = click.option("--data-dir", type=click.Path(file_okay=False),
@@ -22,7 +24,7 @@ def _common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add the common options and pass the loaded, validated ``cfg: Config`` to the command."""
 
-    @_common_options
+    @common_options
     @functools.wraps(fn)
     def wrapper(config_path: str | None, data_dir: str | None, logs_dir: str | None,
                 **kwargs: Any) -> Any:
@@ -39,7 +41,7 @@ def lenient_config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     the defaults with the best-known directories (:func:`tradeguard.config.fallback_config`).
     """
 
-    @_common_options
+    @common_options
     @functools.wraps(fn)
     def wrapper(config_path: str | None, data_dir: str | None, logs_dir: str | None,
                 **kwargs: Any) -> Any:
