@@ -65,7 +65,10 @@ def _ago(seconds: float | None) -> str:
 def _bot_line(bot: dict[str, Any]) -> str:
     if bot.get("state") is None:
         return "no heartbeat" + ("" if bot.get("alive") else " (not running)")
-    parts = [bot["state"], f"pid {bot.get('pid')}" + ("" if bot.get("alive") else " (gone)"),
+    if not bot.get("alive"):  # a stale heartbeat says what the bot was, not what it is
+        return (f"NOT RUNNING (pid {bot.get('pid')} is gone; its last heartbeat, "
+                f"{_ago(bot.get('heartbeat_age_s'))} ago, said {bot['state']})")
+    parts = [bot["state"], f"pid {bot.get('pid')}",
              f"heartbeat {_ago(bot.get('heartbeat_age_s'))} ago", f"seq {bot.get('seq')}"]
     if bot.get("uptime_s") is not None:
         parts.append(f"up {_ago(bot['uptime_s'])}")
