@@ -80,7 +80,7 @@ def _open_store(cfg: Config, environ: Mapping[str, str]) -> Any:
 
 
 def _on_breaker_change(dependency: str, old: str, new: str) -> None:
-    log.warning("circuit breaker %s: %s -> %s", dependency, old, new)
+    # logged by the breaker itself; recorded here
     recorder.record("breaker.state", "bot", f"{dependency}: {old} -> {new}", severity="warning",
                     dependency=dependency, from_state=old, to_state=new)
 
