@@ -26,6 +26,7 @@ from trading.risk import RiskLimits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
 from bot.sizing import order_spec
 from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
+from resilience.netcause import describe
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
 from tradeguard.heartbeat import Heartbeat, HeartbeatFile
 
@@ -128,7 +129,7 @@ class Bot:
             log.debug("%s: %s", name, e)
             return None
         except Exception as e:  # noqa: BLE001 - see module docstring
-            msg = f"{type(e).__name__}: {e}"[:300]
+            msg = describe(e)[:300]
             exchange_side = isinstance(e, EXCHANGE_ERRORS)
             if not exchange_side:
                 self._faults[name] = msg  # not the exchange's doing: a person should look
