@@ -45,7 +45,7 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class ExchangeConfig:
-    id: str = _f("paper", "'paper' for the local paper exchange, or any ccxt exchange id.",
+    id: str = _f("paper", "'paper' for the local paper exchange (`tradeguard run` starts it; under systemd nothing does: set your exchange's ccxt id, or run `tradeguard paper-exchange` yourself), or any ccxt exchange id.",
                  pattern=r"^[a-z0-9_]+$")
     symbols: list = _f(["BTC/USDT", "ETH/USDT"], "Markets the bot trades (ccxt unified symbols).")
     sandbox: bool = _f(False, "Use the exchange's testnet (ccxt set_sandbox_mode).")

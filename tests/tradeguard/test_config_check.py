@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.proc import run_cli
+from tests.helpers.proc import free_port, run_cli
 
 
 def _check(tmp_path: Path, toml: str, env: dict | None = None, *args: str):
@@ -29,10 +29,13 @@ GOOD = "from bot.strategy import Strategy\nclass S(Strategy):\n    def __init__(
 
 def test_a_good_configuration_says_what_it_found(tmp_path: Path) -> None:
     f = _strategy(tmp_path, GOOD)
-    r = _check(tmp_path, f'[bot]\nstrategy = "{f}:S"\nstrategy_params = {{size = 2}}\n')
+    port = free_port()
+    r = _check(tmp_path, f'[bot]\nstrategy = "{f}:S"\nstrategy_params = {{size = 2}}\n'
+                         f'[paper]\nport = {port}\n')
     assert r.returncode == 0, r.stderr
     assert "configuration OK" in r.stdout and "strategy: S from" in r.stdout
-    assert "paper exchange at 127.0.0.1:8765" in r.stdout
+    assert f"paper exchange at 127.0.0.1:{port}" in r.stdout
+    assert "no paper exchange listens" in r.stdout and "ccxt id" in r.stdout
     assert not (tmp_path / "data" / "paper").exists() and not (tmp_path / "data" / "keys").exists()
 
 

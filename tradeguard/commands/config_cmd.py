@@ -85,6 +85,20 @@ def check(cfg: Config) -> None:
     click.echo(f"  exchange: {found['exchange']}")
     click.echo(f"  data dir: {cfg.paths.data_dir}")
     click.echo(f"  logs dir: {cfg.paths.logs_dir}")
+    _warn_no_paper_exchange(cfg)
+
+
+def _warn_no_paper_exchange(cfg: Config) -> None:
+    """On 'paper' with nothing listening, the bot would wait in safe mode forever: say so."""
+    from tradeguard.runner import port_in_use
+
+    if cfg.exchange.id != "paper":
+        return
+    host = "127.0.0.1" if cfg.paper.host in ("0.0.0.0", "") else cfg.paper.host
+    if not port_in_use(host, cfg.paper.port):
+        click.echo(f"note: [exchange] id = 'paper' but no paper exchange listens on {host}:"
+                   f"{cfg.paper.port} now. `tradeguard run` starts one; otherwise (systemd) set "
+                   "[exchange] id to your exchange's ccxt id, or run `tradeguard paper-exchange`.")
 
 
 @config.command("show")
