@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers.proc import REPO, child_env, free_port, run_cli, spawn, stop, tradeguard_cmd, \
     wait_until
+from tradeguard.heartbeat import read_heartbeat
 from tradeguard.lifetime import lock_holder
 from tradeguard.runner import supervisor_rpc
 
@@ -69,12 +70,17 @@ def test_no_program_outlives_supervisord(tmp_path, data_dir, logs_dir, monkeypat
     with it (each asked the kernel for SIGTERM when its parent dies)."""
     proc, _, programs = _start_run(tmp_path, data_dir, logs_dir, monkeypatch)
     try:
+        wait_until(lambda: (hb := read_heartbeat(data_dir / "bot.heartbeat")) and hb.state == "running",
+                   timeout=60, interval=0.2, message="the bot trading")
         os.kill(proc.pid, sig)
         proc.wait(20)
         wait_until(lambda: _gone(programs), timeout=15, message="every program gone")
         if sig == signal.SIGHUP:
             assert proc.returncode == 0
             assert "SIGTERM indicating exit request" in (logs_dir / "supervisord.log").read_text()
+        # either way the bot stopped through its own SIGTERM handler (a graceful stop, its
+        # output pipe broken or not), not by being killed mid-tick
+        assert "\"msg\": \"bot stopped\"" in (logs_dir / "bot.jsonl").read_text()
         assert lock_holder(data_dir, "run") is None and lock_holder(data_dir, "bot") is None
     finally:
         stop(proc)
