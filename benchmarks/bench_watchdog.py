@@ -4,13 +4,14 @@ supervisord.
     .venv/bin/python -m benchmarks.bench_watchdog [--kills 5] [--stops 3] [--cpu-seconds 30]
 
 Each system is a real ``tradeguard run``-style supervisord (paper exchange, bot, and — except for
-the baseline — the watchdog) in a scratch directory, with the default ``[watchdog]`` settings
-(0.5 s interval, 5 s heartbeat timeout), a bot tick deadline (4 s) inside that timeout, and a
-large restart budget so that the repetitions do not end in an emergency. Prints medians:
+the baseline — the watchdog) in a scratch directory, with the shipped ``[watchdog]`` defaults
+(printed at the start: interval, heartbeat timeout), the shipped bot tick deadline inside that
+timeout, and a large restart budget so that the repetitions do not end in an emergency. Prints
+medians:
 
 * SIGKILL of the bot -> first ``running`` heartbeat of the new bot (target <= 2 s);
-* SIGSTOP of the bot -> the restart (new bot process) with a 5 s heartbeat timeout (target
-  <= 6 s), and -> its first ``running`` heartbeat;
+* SIGSTOP of the bot -> the restart (new bot process): the heartbeat timeout plus about one
+  interval (target <= timeout + 1 s), and -> its first ``running`` heartbeat;
 * the watchdog's CPU (user + system, psutil) over a quiet window at a 0.5 s interval (target
   <= 1 % of one core);
 * baseline: plain supervisord (``autorestart=true``, no watchdog) and a SIGSTOPped bot: what
@@ -44,7 +45,6 @@ port = {paper_port}
 
 [bot]
 loop_interval_s = 0.5
-tick_deadline_s = 4.0
 
 [watchdog]
 manager = "supervisor"
@@ -178,9 +178,12 @@ def main() -> int:
     ap.add_argument("--stops", type=int, default=3)
     ap.add_argument("--cpu-seconds", type=float, default=30.0)
     a = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; default [watchdog] "
-          "settings (interval 0.5 s, heartbeat timeout 5 s), manager supervisor", flush=True)
     s = System(watchdog=True)
+    w, b = s.cfg.watchdog, s.cfg.bot
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; [watchdog] interval "
+          f"{w.interval_s:g} s, heartbeat timeout {w.heartbeat_timeout_s:g} s (shipped defaults), "
+          f"manager supervisor; [bot] loop {b.loop_interval_s:g} s, tick deadline "
+          f"{b.tick_deadline_s:g} s", flush=True)
     try:
         kills = bench_kills(s, a.kills)
         print(f"SIGKILL -> healthy heartbeat of the new bot: median {median(kills)}", flush=True)
@@ -188,7 +191,7 @@ def main() -> int:
         print(f"SIGSTOP -> restart (new bot process): median {median(restart)}", flush=True)
         print(f"SIGSTOP -> healthy heartbeat of the new bot: median {median(healthy)}", flush=True)
         cpu = bench_cpu(s, a.cpu_seconds)
-        print(f"watchdog CPU at a 0.5 s interval over {a.cpu_seconds:g} s: {cpu:.2f} % of one core",
+        print(f"watchdog CPU at a {w.interval_s:g} s interval over {a.cpu_seconds:g} s: {cpu:.2f} % of one core",
               flush=True)
     finally:
         s.stop()

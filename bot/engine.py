@@ -28,6 +28,7 @@ from trading.ratelimit import load_rate_limits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
 from bot.sizing import order_spec
 from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
+from resilience.netcause import describe
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
 from tradeguard.heartbeat import Heartbeat, HeartbeatFile
 
@@ -74,6 +75,8 @@ class Bot:
         self._step_errors: dict[str, str] = {}  # step -> its last error, while it keeps failing
         self._faults: dict[str, str] = {}  # the subset not caused by the exchange
         self._degraded_skips = 0
+        self._strategy_failures = 0  # consecutive ticks the strategy raised
+        self._strategy_error = ""
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -134,7 +137,7 @@ class Bot:
             log.debug("%s: %s", name, e)
             return None
         except Exception as e:  # noqa: BLE001 - see module docstring
-            msg = f"{type(e).__name__}: {e}"[:300]
+            msg = describe(e)[:300]
             exchange_side = isinstance(e, EXCHANGE_ERRORS)
             if not exchange_side:
                 self._faults[name] = msg  # not the exchange's doing: a person should look
@@ -245,9 +248,13 @@ class Bot:
     def _run_strategy(self, market: dict[str, MarketData], degradation: str) -> list[Any]:
         ctx = TickContext(time.time(), market, self.positions(), tuple(self.open_orders()), degradation)
         try:
-            return to_actions(self.strategy.instance.on_tick(ctx))
+            actions = to_actions(self.strategy.instance.on_tick(ctx))
+            self._strategy_failures = 0
+            return actions
         except Exception as e:  # noqa: BLE001 - a strategy's bug is isolated to its tick
             msg = f"{type(e).__name__}: {e}"[:500]
+            self._strategy_failures += 1
+            self._strategy_error = msg
             log.error("strategy %s failed; tick skipped: %s", self.strategy.spec, msg, exc_info=True)
             recorder.record("strategy.error", SOURCE, f"strategy failed; tick skipped: {msg}",
                             severity="error", strategy=self.strategy.spec)
@@ -315,13 +322,29 @@ class Bot:
         else:
             attention = self.reconciler.attention() or "; ".join(
                 f"{step} failing: {msg}" for step, msg in self._faults.items())
+            attention = "; ".join(filter(None, (attention, self._strategy_attention())))
         return {
             "bot_id": self.rt.bot_id, "started_at": self.started_at, "degradation": self.state,
             "breakers": m.breaker_states(), "positions": positions,
             "open_orders": len(self.orders.live_orders()), "kill_switch": self.guard.mode,
             "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
-            "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(),
+            "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
         }
+
+    def _pnl_detail(self) -> dict[str, Any]:
+        """What P&L reports need besides state.db (trading.pnl): prices, equity, the day's start."""
+        start = self.guard.daily.start
+        return {"prices": dict(self.feed.prices), "equity": self.guard.equity,
+                "day_start": None if start is None else
+                {"day": start.day, "pnl": start.pnl, "equity": start.equity}}
+
+    def _strategy_attention(self) -> str | None:
+        """Set while the strategy has raised on ``[bot] strategy_failures_attention`` ticks in a row."""
+        n = self._strategy_failures
+        if n < self.cfg.bot.strategy_failures_attention:
+            return None
+        return f"strategy failing: raised on {n} consecutive ticks, no orders from it (last: " \
+               f"{self._strategy_error})"
 
     def write_heartbeat(self, advance: bool = True, state: str | None = None) -> None:
         """Replace bot.heartbeat (seq + 1 unless ``advance`` is False) and tell systemd."""

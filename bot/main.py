@@ -30,6 +30,7 @@ from resilience.manager import ResilienceManager
 from resilience.state import StateStore
 from tradeguard.config import Config
 from tradeguard.exceptions import AlreadyRunning, BotSetupError, StateError
+from tradeguard.lifetime import hold_lock
 from tradeguard.heartbeat import Heartbeat, process_for, read_pidfile, write_heartbeat, write_pidfile
 
 log = logging.getLogger(__name__)
@@ -79,19 +80,17 @@ def _open_store(cfg: Config, environ: Mapping[str, str]) -> Any:
 
 
 def _on_breaker_change(dependency: str, old: str, new: str) -> None:
-    log.warning("circuit breaker %s: %s -> %s", dependency, old, new)
+    # logged by the breaker itself; recorded here
     recorder.record("breaker.state", "bot", f"{dependency}: {old} -> {new}", severity="warning",
                     dependency=dependency, from_state=old, to_state=new)
 
 
 def build_runtime(cfg: Config, failpoints: Failpoints, environ: Mapping[str, str]) -> Runtime:
     """State store, exchange client, resilience manager and kill switch for one bot process."""
+    # The exchange first: a wrong id or missing credentials must fail before a field key is
+    # generated for a state.db that never gets used.
+    exchange = build_exchange(cfg, role="bot", environ=environ)
     store = _open_store(cfg, environ)
-    try:
-        exchange = build_exchange(cfg, role="bot", environ=environ)
-    except BaseException:
-        store.close()
-        raise
     manager = ResilienceManager(cfg.resilience, on_breaker_change=_on_breaker_change)
     killswitch = KillSwitch(cfg.runtime.kill_file, environ=environ)
     return Runtime(cfg, exchange, manager, store, killswitch, failpoints)
@@ -104,6 +103,16 @@ def run_bot(cfg: Config, *, environ: Mapping[str, str] | None = None,
     paths = cfg.runtime.ensure()
     strategy = load_strategy(cfg.bot.strategy, cfg.bot.strategy_params)
     failpoints = Failpoints.load(paths.data_dir, environ)
+    lock = hold_lock(paths.data_dir, "bot", "bot")  # one bot per state.db, race-free
+    try:
+        return _run_locked(cfg, strategy, failpoints, environ, stop)
+    finally:
+        lock.close()
+
+
+def _run_locked(cfg: Config, strategy: Any, failpoints: Failpoints, environ: Mapping[str, str],
+                stop: threading.Event | None) -> int:
+    paths = cfg.runtime
     _refuse_second_instance(cfg)
     write_pidfile(paths.pidfile)
     write_heartbeat(paths.heartbeat, Heartbeat(os.getpid(), time.time(), 0, "starting",

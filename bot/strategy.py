@@ -60,7 +60,7 @@ class TickContext:
     market: dict[str, MarketData]  # symbols with fresh data this tick
     positions: dict[str, float]  # base amount the bot holds, per symbol
     open_orders: tuple[OpenOrder, ...]
-    degradation: str  # running | degraded (exits only) | safe (nothing is sent)
+    degradation: str  # running | degraded (exits only); in safe mode the strategy is not called
 
     def orders_for(self, symbol: str) -> list[OpenOrder]:
         return [o for o in self.open_orders if o.symbol == symbol]

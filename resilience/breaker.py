@@ -143,7 +143,8 @@ class CircuitBreaker:
         if changed is None:
             return
         old, new = changed
-        log.info("circuit breaker %s: %s -> %s", self.name, old, new)
+        log.log(logging.WARNING if new == "open" else logging.INFO,
+                "circuit breaker %s: %s -> %s", self.name, old, new)  # the one log line of it
         if self._on_change is not None:
             try:
                 self._on_change(self.name, old, new)

@@ -36,6 +36,7 @@ import tenacity
 
 from resilience.budget import RetryBudget
 from resilience.classify import ErrorClass, classify, is_rate_limit
+from resilience.netcause import describe
 from tradeguard.config import ResilienceConfig
 from tradeguard.exceptions import RetryBudgetExhausted
 
@@ -146,8 +147,8 @@ class _Sequence:
 
     def before_sleep(self, rs: tenacity.RetryCallState) -> None:
         exc = rs.outcome.exception()
-        log.info("%s: retry %d/%d in %.2fs after %s: %s", self.dependency, rs.attempt_number,
-                 self.policy.max_attempts - 1, rs.upcoming_sleep, type(exc).__name__, exc)
+        log.info("%s: retry %d/%d in %.2fs after %s", self.dependency, rs.attempt_number,
+                 self.policy.max_attempts - 1, rs.upcoming_sleep, describe(exc))
 
     def give_up(self, rs: tenacity.RetryCallState) -> Any:
         exc = rs.outcome.exception()

@@ -20,11 +20,13 @@ COMMANDS = [
     ("keys", "keys"),
     ("paper", "paper_exchange"),
     ("run", "run"),
+    ("stop", "stop"),
     ("blackbox_cmd", "blackbox"),
     ("kill", "kill"),
     ("kill", "resume"),
     ("health", "health"),
     ("status", "status"),
+    ("trades", "trades"),
     ("bot", "bot"),
     ("watchdog_cmd", "watchdog"),
     ("chaos_cmd", "chaos"),
@@ -38,6 +40,10 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except PermissionError as e:  # a file or directory the checks up front did not cover
+            click.echo(f"error: permission denied: {e.filename or e}: run as the user that owns "
+                       "the data and logs dirs, or fix their permissions", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from tradeguard.exceptions import ConfigError
 from tradeguard.paths import RuntimePaths
+from tradeguard.secrets import SECRET_ENV_VARS
 
 ENV_PREFIX = "TRADEGUARD_"
 DEFAULT_FILE = "tradeguard.toml"
@@ -44,7 +45,7 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class ExchangeConfig:
-    id: str = _f("paper", "'paper' for the local paper exchange, or any ccxt exchange id.",
+    id: str = _f("paper", "'paper' for the local paper exchange (`tradeguard run` starts it; under systemd nothing does: set your exchange's ccxt id, or run `tradeguard paper-exchange` yourself), or any ccxt exchange id.",
                  pattern=r"^[a-z0-9_]+$")
     symbols: list = _f(["BTC/USDT", "ETH/USDT"], "Markets the bot trades (ccxt unified symbols).")
     sandbox: bool = _f(False, "Use the exchange's testnet (ccxt set_sandbox_mode).")
@@ -97,6 +98,7 @@ class BotConfig:
     strategy_params: dict = _f({}, "Keyword arguments passed to the strategy's constructor.")
     loop_interval_s: float = _f(1.0, "Seconds between loop ticks.", min=0.05, max=3600)
     tick_deadline_s: float = _f(4.0, "Longest one tick may wait on the exchange (keep it below [watchdog] heartbeat_timeout_s).", min=0.5, max=600)
+    strategy_failures_attention: int = _f(5, "Consecutive ticks the strategy raised before the bot asks for attention (heartbeat needs_attention, /health 503, an alert).", min=1, max=1000000)
     reconcile_interval_s: float = _f(30.0, "Seconds between reconciliations while trading.", min=1, max=86400)
     cancel_entries_on_stop: bool = _f(True, "Cancel open entry orders on graceful shutdown.")
     unknown_grace_s: float = _f(3.0, "How long an accepted order may stay invisible to queries (eventual consistency), added to the fence before an UNKNOWN order counts as never sent.", min=0, max=3600)
@@ -188,6 +190,8 @@ class AlertsConfig:
     smtp_to: list = _f([], "Recipients.")
     timeout_s: float = _f(10.0, "Per-delivery timeout.", min=0.1, max=300)
     queue_size: int = _f(100, "Alerts waiting for delivery; the oldest are dropped beyond this.", min=1, max=100000)
+    daily_summary: bool = _f(False, "Send a daily_summary alert once a day: equity, P&L (total, today, per symbol), fees, positions.")
+    daily_summary_hour_utc: int = _f(21, "UTC hour from which the day's summary is sent.", min=0, max=23)
 
 
 @dataclass(frozen=True)
@@ -350,15 +354,17 @@ def load_config(path: str | os.PathLike | None = None, *, data_dir: str | os.Pat
             raise ConfigError(f"{name} = {value!r} in {file}: must be a [{name}] table")
         fields = {f.name: f for f in dataclasses.fields(SECTIONS[name])}
         for key, v in value.items():
+            if _SECRET_KEY_RE.search(key) and (name, key) not in _SECRET_KEY_ALLOWED:
+                raise ConfigError(f"[{name}] {key} in {file}: secrets are never read from the config "
+                                  "file; remove it and use systemd credentials, a 0600 file in the "
+                                  "keys dir or the environment (README, 'Secrets')")
             if key not in fields:
                 raise ConfigError(f"unknown key [{name}] {key} in {file}; allowed: {', '.join(fields)}")
-            if _SECRET_KEY_RE.search(key) and (name, key) not in _SECRET_KEY_ALLOWED:
-                raise ConfigError(f"[{name}] {key}: secrets are never read from the config file")
             values.setdefault(name, {})[key] = _check_value(name, fields[key], v, str(file))
 
     for var, rawv in env.items():
-        if not var.startswith(ENV_PREFIX) or var == "TRADEGUARD_CONFIG":
-            continue
+        if not var.startswith(ENV_PREFIX) or var == "TRADEGUARD_CONFIG" or var in SECRET_ENV_VARS:
+            continue  # secrets are read by tradeguard.secrets, never as configuration
         rest = var[len(ENV_PREFIX):].lower()
         section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
@@ -366,13 +372,20 @@ def load_config(path: str | os.PathLike | None = None, *, data_dir: str | os.Pat
         key = rest[len(section) + 1:]
         fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
         if key not in fields:
-            if section == "paper" and key in ("api_key", "api_secret"):
-                continue  # paper exchange credentials, read by tradeguard.secrets
             raise ConfigError(f"{var}: unknown key [{section}] {key}; allowed: {', '.join(fields)}")
         v = _parse_env(section, fields[key], rawv, var)
         values.setdefault(section, {})[key] = _check_value(section, fields[key], v, var)
 
-    paths = values.setdefault("paths", {})
+    _resolve_paths(values.setdefault("paths", {}), data_dir, logs_dir)
+    cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS},
+                 source=str(file) if file else None)
+    _validate_special(cfg)
+    return cfg
+
+
+def _resolve_paths(paths: dict[str, Any], data_dir: str | os.PathLike | None,
+                   logs_dir: str | os.PathLike | None) -> None:
+    """Apply the command-line directories and make both paths absolute (relative to the cwd)."""
     if data_dir is not None:
         paths["data_dir"] = str(data_dir)
     if logs_dir is not None:
@@ -382,10 +395,32 @@ def load_config(path: str | os.PathLike | None = None, *, data_dir: str | os.Pat
         p = Path(paths.get(k, getattr(PathsConfig(), k))).expanduser()
         paths[k] = str(p if p.is_absolute() else (base / p).resolve())
 
-    cfg = Config(**{s: SECTIONS[s](**values.get(s, {})) for s in SECTIONS},
-                 source=str(file) if file else None)
-    _validate_special(cfg)
-    return cfg
+
+def fallback_config(path: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None,
+                    logs_dir: str | os.PathLike | None = None,
+                    env: Mapping[str, str] | None = None) -> Config:
+    """Defaults with the best-known directories, for commands that must work with a broken config.
+
+    The kill switch must reach the bot's data dir whatever else is wrong: each directory comes
+    from the command line, else ``TRADEGUARD_PATHS_*``, else ``[paths]`` of the file if that
+    much of it parses, else the default.
+    """
+    env = os.environ if env is None else env
+    paths: dict[str, Any] = {}
+    try:
+        file = find_config_file(path, env)
+        raw = tomllib.loads(file.read_text(encoding="utf-8")) if file is not None else {}
+        section = raw.get("paths") if isinstance(raw, dict) else None
+        if isinstance(section, dict):
+            paths.update({k: v for k, v in section.items()
+                          if k in ("data_dir", "logs_dir") and isinstance(v, str) and v})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pass
+    for k in ("data_dir", "logs_dir"):
+        if env.get(f"{ENV_PREFIX}PATHS_{k.upper()}"):
+            paths[k] = env[f"{ENV_PREFIX}PATHS_{k.upper()}"]
+    _resolve_paths(paths, data_dir, logs_dir)
+    return Config(paths=PathsConfig(**paths))
 
 
 def iter_keys() -> list[tuple[str, str, Any, str]]:

@@ -21,6 +21,10 @@ class ConfigError(UserError):
     """The configuration (file, environment override or CLI option) is invalid."""
 
 
+class DirectoryError(UserError):
+    """The data or logs directory cannot be created or written by this user."""
+
+
 class SecretError(UserError):
     """A secret is missing, unreadable, or stored with permissions that expose it."""
 

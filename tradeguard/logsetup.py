@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from blackbox.redact import redact, redact_text
+from tradeguard.exceptions import DirectoryError
+from tradeguard.paths import ensure_writable_dir
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 
@@ -68,10 +70,14 @@ def setup_logging(role: str, logs_dir: Path | None, *, level: str | None = None,
     root.setLevel(level)
     redactor = RedactingFilter()
     if logs_dir is not None:
-        Path(logs_dir).mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(Path(logs_dir) / f"{role}.jsonl",
-                                                  maxBytes=10 * 1024 * 1024, backupCount=5,
-                                                  encoding="utf-8")
+        ensure_writable_dir(Path(logs_dir), "logs", "[paths] logs_dir or --logs-dir")
+        try:
+            fh = logging.handlers.RotatingFileHandler(Path(logs_dir) / f"{role}.jsonl",
+                                                      maxBytes=10 * 1024 * 1024, backupCount=5,
+                                                      encoding="utf-8")
+        except OSError as e:
+            raise DirectoryError(f"cannot open the log file {Path(logs_dir) / f'{role}.jsonl'}: "
+                                 f"{e.strerror or e}") from None
         fh.addFilter(redactor)
         fh.setFormatter(JsonFormatter(role))
         root.addHandler(fh)

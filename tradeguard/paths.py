@@ -7,6 +7,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tradeguard.exceptions import DirectoryError
+
 
 @dataclass(frozen=True)
 class RuntimePaths:
@@ -94,7 +96,24 @@ class RuntimePaths:
         return self.logs_dir / f"{role}.jsonl"
 
     def ensure(self) -> "RuntimePaths":
-        """Create the data and logs directories (0700 data dir: it holds secrets)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        """Create the data and logs directories (0700 data dir: it holds secrets).
+
+        Raises DirectoryError, with a plain message, when either cannot be created or written.
+        """
+        ensure_writable_dir(self.data_dir, "data", "[paths] data_dir or --data-dir", mode=0o700)
+        ensure_writable_dir(self.logs_dir, "logs", "[paths] logs_dir or --logs-dir")
         return self
+
+
+def ensure_writable_dir(path: Path, what: str, setting: str, *, mode: int = 0o777) -> Path:
+    """Create ``path`` if needed and check this user can write in it; DirectoryError if not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=mode)
+    except OSError as e:
+        raise DirectoryError(f"cannot create the {what} dir {path}: {e.strerror or e}; "
+                             f"choose a directory you can write with {setting}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DirectoryError(f"the {what} dir {path} is not writable by this user "
+                             f"(uid {os.getuid()}); fix its permissions or choose another "
+                             f"directory with {setting}")
+    return path

@@ -28,6 +28,7 @@ from xmlrpc.client import ServerProxy
 from tradeguard.config import Config
 from tradeguard.exceptions import ConfigError
 from tradeguard.heartbeat import atomic_write_json
+from tradeguard.lifetime import RUN_PID_ENV
 from tradeguard.secrets import read_private
 
 ALL_PROGRAMS = ("paper-exchange", "bot", "watchdog")
@@ -63,8 +64,12 @@ def default_programs(cfg: Config) -> tuple[str, ...]:
 
 
 def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
-                           env: Mapping[str, str] | None = None) -> Path:
-    """Write ``data/supervisord.conf`` and ``data/supervisor/rpc.json``; return the conf path."""
+                           env: Mapping[str, str] | None = None, *, run_pid: int | None = None) -> Path:
+    """Write ``data/supervisord.conf`` and ``data/supervisor/rpc.json``; return the conf path.
+
+    ``run_pid``: the pid supervisord will have (``tradeguard run`` execs it); every program then
+    dies with it (:func:`tradeguard.lifetime.die_with_run`).
+    """
     paths = cfg.runtime.ensure()
     programs = tuple(programs or default_programs(cfg))
     unknown = set(programs) - set(PROGRAMS)
@@ -104,6 +109,8 @@ def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
         "[supervisorctl]", f"serverurl=unix://{sock}", f"username={user}", f"password={password}",
     ]
     extra = dict(env or {})
+    if run_pid is not None:
+        extra[RUN_PID_ENV] = str(run_pid)
     for name in programs:
         spec = PROGRAMS[name]
         cmd = " ".join(shlex.quote(a) for a in [tg, spec.command, *common])
@@ -177,8 +184,8 @@ def preflight(cfg: Config, programs: Iterable[str]) -> None:
 
 
 def exec_supervisord(conf: Path) -> None:
-    """Replace this process with supervisord in the foreground (signals go straight to it)."""
-    sd = str(_bin("supervisord"))
+    """Replace this process with supervisord in the foreground (signals go straight to it;
+    SIGHUP stops the run: see :mod:`tradeguard.supervisord_main`)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sd, [sd, "-n", "-c", str(conf)])
+    os.execv(sys.executable, [sys.executable, "-m", "tradeguard.supervisord_main", "-n", "-c", str(conf)])

@@ -14,6 +14,14 @@ from typing import Mapping
 from tradeguard.exceptions import KeyFileError
 from tradeguard.fsutil import PRIVATE, write_atomic
 
+# Every environment variable that carries a secret (README, "Secrets"). They share the
+# TRADEGUARD_<SECTION>_ prefix of configuration overrides but are not configuration keys.
+SECRET_ENV_VARS = frozenset({
+    "TRADEGUARD_EXCHANGE_API_KEY", "TRADEGUARD_EXCHANGE_API_SECRET", "TRADEGUARD_EXCHANGE_PASSWORD",
+    "TRADEGUARD_PAPER_API_KEY", "TRADEGUARD_PAPER_API_SECRET",
+    "TRADEGUARD_FIELD_KEY", "TRADEGUARD_SMTP_PASSWORD",
+})
+
 
 def check_private(path: Path) -> None:
     """Raise KeyFileError if ``path`` is readable or writable by group or others."""

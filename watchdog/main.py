@@ -20,7 +20,6 @@ runs the emergency itself otherwise (at once if the bot is not healthy).
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -28,17 +27,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from blackbox import recorder
 from resilience.killswitch import KillSwitch
 from tradeguard.config import Config
-from tradeguard.exceptions import AlreadyRunning, TradeguardError
+from tradeguard.exceptions import TradeguardError
+from tradeguard.lifetime import ProcessLock, hold_lock
 from tradeguard.heartbeat import read_pidfile
+from watchdog.attention import AttentionWatch
 from watchdog.budget import RestartBudget
 from watchdog.checks import BotChecker, Verdict
 from watchdog.emergency import FlattenResult, flatten, pending_flatten
 from watchdog.managers import BotManager, make_manager
+from watchdog.summary import DailySummary
 from watchdog.statefile import EmergencyState, WatchdogState, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ class Watchdog:
         self._flatten_verified = False
         self._unhealthy_since: float | None = None
         self._unhealthy_alerted = False
+        self.attention = AttentionWatch(self.paths.heartbeat, alerter)
+        self.summary = DailySummary(cfg, alerter)
         self._saved_at = 0.0
         self._saved_key: tuple = ()
         self._snapshot: dict[str, Any] = {}
@@ -154,6 +158,8 @@ class Watchdog:
             reported = self._watching(v, now)
         self._set_verdict(reported, now)
         self._alert_if_unhealthy(now)
+        self.attention.observe()
+        self.summary.observe(now)
         self._save_if_due(now)
         return reported
 
@@ -522,23 +528,10 @@ def run_watchdog(cfg: Config) -> int:
         lock.close()
 
 
-def _single_instance(path: Path) -> IO[str]:
+def _single_instance(path: Path) -> ProcessLock:
     """Hold an exclusive lock for the process's life: two watchdogs would both restart the bot.
     The kernel drops it when the process dies, however it dies."""
-    fh = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        other = fh.read().strip() or "?"
-        fh.close()
-        raise AlreadyRunning(f"another watchdog (pid {other}) already watches {path.parent}; "
-                             "stop it first") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
-    return fh
+    return hold_lock(path.parent, "watchdog", "watchdog")
 
 
 def _start_health(cfg: Config, wd: Watchdog) -> Any:

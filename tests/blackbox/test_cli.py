@@ -110,6 +110,9 @@ def test_export_jsonl_and_csv_and_refuses_to_overwrite(recorded, tmp_path, utc):
     assert invoke(recorded, "export", "--since", "1h", "--format", "csv", "--force",
                   str(out)).exit_code == 0
     assert out.read_text().startswith("id,time,ts,role,pid,seq")
+    everything = tmp_path / "all.jsonl"  # --since is optional: every kept event
+    res = invoke(recorded, "export", str(everything))
+    assert res.exit_code == 0 and len(everything.read_text().splitlines()) >= 6
 
 
 def test_stats_counts_events_and_drops(recorded):
@@ -144,7 +147,7 @@ def test_no_dumps_and_no_database_are_clear_messages(paths):
 
 def test_bad_arguments_exit_2_without_a_traceback(recorded, tmp_path):
     d = ["--data-dir", str(recorded.data_dir), "--logs-dir", str(recorded.logs_dir)]
-    for args in (["tail", "--since", "yesterday-ish"], ["export", str(tmp_path / "x")],
+    for args in (["tail", "--since", "yesterday-ish"], ["export", "--since", "soon", str(tmp_path / "x")],
                  ["tail", "-n", "-3"], ["export", "--since", "1h", "--format", "xml", "x"]):
         res = run_cli("blackbox", *args, *d)
         assert res.returncode == 2, (args, res.stderr)

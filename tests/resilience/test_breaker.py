@@ -189,3 +189,14 @@ def test_state_machine_invariants(fail_max, reset_s, steps):
         assert name == "orders" and old == prev and (old, new) in TRANSITIONS
         prev = new
     assert prev == b.state
+
+
+def test_a_transition_is_logged_once_with_the_bots_listener(caplog: pytest.LogCaptureFixture) -> None:
+    from bot.main import _on_breaker_change
+
+    b = CircuitBreaker("orders", 2, 10.0, clock=Clock(), on_change=_on_breaker_change)
+    with caplog.at_level("INFO"):
+        fail(b, 2)
+    lines = [r for r in caplog.records if "circuit breaker orders" in r.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in lines] == \
+        [("WARNING", "circuit breaker orders: closed -> open")]

@@ -58,10 +58,58 @@ def test_resume_without_a_kill_file_and_with_the_env_still_set(data_dir, logs_di
     assert not (data_dir / "KILL").exists()
 
 
-def test_bad_config_is_a_usage_error(data_dir, logs_dir, tmp_path):
+SECRET_ENV = {"TRADEGUARD_EXCHANGE_API_KEY": "k-123", "TRADEGUARD_EXCHANGE_API_SECRET": "s-456",
+              "TRADEGUARD_EXCHANGE_PASSWORD": "p-789"}
+
+
+def test_kill_and_resume_work_with_exchange_keys_in_the_environment(data_dir, logs_dir):
+    r = _cli(data_dir, logs_dir, "kill", "--reason", "x", env=SECRET_ENV)
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stderr and (data_dir / "KILL").exists()
+    r = _cli(data_dir, logs_dir, "resume", env=SECRET_ENV)
+    assert r.returncode == 0, r.stderr
+    assert not (data_dir / "KILL").exists()
+
+
+def test_a_broken_config_does_not_stop_the_kill_switch(data_dir, logs_dir, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[resilience]\nnot_a_key = 1\n")
     r = run_cli("kill", "--reason", "x", "--config", str(bad), "--data-dir", str(data_dir),
                 "--logs-dir", str(logs_dir))
-    assert r.returncode == 2 and "not_a_key" in r.stderr and "Traceback" not in r.stderr
-    assert not (data_dir / "KILL").exists()
+    assert r.returncode == 0, r.stderr
+    assert "not_a_key" in r.stderr and str(data_dir) in r.stderr and "Traceback" not in r.stderr
+    assert json.loads((data_dir / "KILL").read_text())["reason"] == "x"
+
+
+def test_a_broken_config_still_names_the_bots_data_dir(tmp_path):
+    """Without --data-dir, the kill file goes where the file's [paths] says the bot's state is."""
+    bots = tmp_path / "bots-data"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[paths]\ndata_dir = "{bots}"\nlogs_dir = "{tmp_path / "l"}"\n'
+                   '[exchange]\napi_key = "oops"\n[bot]\nloop_interval_s = "slow"\n')
+    r = run_cli("kill", "--flatten", "--reason", "get out", "--config", str(bad), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "secrets are never read from the config file" in r.stderr
+    assert json.loads((bots / "KILL").read_text())["mode"] == "flatten"
+    assert not (tmp_path / "data" / "KILL").exists()
+    r = run_cli("resume", "--config", str(bad), cwd=tmp_path)
+    assert r.returncode == 0 and "released" in r.stdout
+    assert not (bots / "KILL").exists()
+
+
+def test_kill_with_an_unwritable_logs_dir_still_writes_the_kill_file(unprivileged):
+    data = unprivileged.dir("data")
+    logs = unprivileged.dir("logs", writable=False)
+    r = unprivileged.run_cli("kill", "--reason", "logs are full", "--data-dir", str(data),
+                             "--logs-dir", str(logs / "sub"))
+    assert r.returncode == 0, r.stderr
+    assert "logs dir" in r.stderr and "Traceback" not in r.stderr
+    assert json.loads((data / "KILL").read_text())["reason"] == "logs are full"
+
+
+def test_kill_with_an_unwritable_data_dir_says_so(unprivileged):
+    data = unprivileged.dir("data", writable=False)
+    r = unprivileged.run_cli("kill", "--reason", "x", "--data-dir", str(data),
+                             "--logs-dir", str(unprivileged.dir("logs")))
+    assert r.returncode == 2
+    assert f"the data dir {data} is not writable" in r.stderr and "Traceback" not in r.stderr

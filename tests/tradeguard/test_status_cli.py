@@ -88,3 +88,14 @@ def test_status_of_a_data_dir_that_does_not_exist_is_a_clear_error(cfg, tmp_path
     r = _status(cfg, data_dir=tmp_path / "typo")
     assert r.returncode == 2
     assert r.stderr.startswith("error: no data dir at") and "Traceback" not in r.stderr
+
+
+def test_status_of_a_dead_bot_says_not_running(cfg, bot):
+    """After an emergency the last heartbeat still says 'running': status must not repeat it."""
+    pid = bot.proc.pid
+    bot.stop()
+    r = _status(cfg)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("  bot "))
+    assert f"NOT RUNNING (pid {pid} is gone" in line and "said running" in line
+    assert "(gone)" not in line

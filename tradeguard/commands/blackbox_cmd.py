@@ -87,17 +87,17 @@ def tail(cfg: Config, n: int, follow: bool, since: float | None, until: float | 
 
 @blackbox.command("export")
 @config_options
-@click.option("--since", type=TIME, required=True,
-              help="Events from TIME (ISO 8601, or 10m / 2h / 1d ago).")
+@click.option("--since", type=TIME, default=None,
+              help="Events from TIME (ISO 8601, or 10m / 2h / 1d ago); default: every kept event.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]),
               help="Output format (default: csv if PATH ends in .csv, else jsonl).")
 @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 @filter_options
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
-def export(cfg: Config, since: float, until: float | None, fmt: str | None, force: bool,
+def export(cfg: Config, since: float | None, until: float | None, fmt: str | None, force: bool,
            kinds: tuple[str, ...], sources: tuple[str, ...], roles: tuple[str, ...],
            path: str) -> None:
-    """Write events since TIME to PATH (- for stdout) for incident analysis."""
+    """Write the events (since TIME, if given) to PATH (- for stdout) for incident analysis."""
     from blackbox.export import export_events
     from blackbox.reader import EventFilter
 

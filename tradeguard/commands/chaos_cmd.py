@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from tradeguard.commands._common import common_options
+
 
 @click.group("chaos")
 def chaos() -> None:
@@ -15,8 +17,9 @@ def chaos() -> None:
 
 
 @chaos.command("list")
-def list_scenarios() -> None:
-    """Describe every scenario."""
+@common_options
+def list_scenarios(config_path: str | None, data_dir: str | None, logs_dir: str | None) -> None:
+    """Describe every scenario (the common options are accepted; scenarios do not depend on them)."""
     from chaos.scenarios import SCENARIOS
 
     for s in SCENARIOS.values():
@@ -30,19 +33,29 @@ def list_scenarios() -> None:
 @click.option("--iterations", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Injections per scenario.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of every random choice.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False), default="chaos-report",
-              show_default=True, help="Directory for report.md, report.json and recovery.svg.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for report.md, report.json and recovery.svg "
+                   "(default: LOGS_DIR/chaos-report with --logs-dir, else ./chaos-report).")
 @click.option("--keep", is_flag=True, help="Keep the scratch systems (data, logs) for inspection.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also run the hang and crash scenarios under plain supervisord.")
 @click.option("--quick", is_flag=True, help="Shorter waits between faults (the CI smoke).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where the scratch systems live (default: the system temp dir).")
-def run(names: tuple[str, ...], iterations: int, seed: int, report_dir: str, keep: bool,
-        baseline: bool, quick: bool, workdir: str | None) -> None:
-    """Run scenarios against a scratch system; exit 1 if any invariant fails."""
+              help="Where the scratch systems live (default: DATA_DIR/chaos with --data-dir, "
+                   "else the system temp dir).")
+@common_options
+def run(names: tuple[str, ...], iterations: int, seed: int, report_dir: str | None, keep: bool,
+        baseline: bool, quick: bool, workdir: str | None, config_path: str | None,
+        data_dir: str | None, logs_dir: str | None) -> None:
+    """Run scenarios against scratch systems of their own (never your bot's data dir); exit 1 if
+    any invariant fails. ``--config`` is validated; the scratch systems use the scenario settings."""
     from chaos import harness, report
     from chaos.scenarios import SCENARIOS
+    from tradeguard.config import load_config
+
+    load_config(config_path, data_dir=data_dir, logs_dir=logs_dir)
+    workdir = workdir or (str(Path(data_dir) / "chaos") if data_dir else None)
+    report_dir = report_dir or (str(Path(logs_dir) / "chaos-report") if logs_dir else "chaos-report")
 
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tradeguard.commands._common import config_options
+from tradeguard.commands._common import lenient_config_options
 from tradeguard.config import Config
 
 _EFFECT = {
@@ -29,13 +29,22 @@ def _when(ts: float) -> str:
 
 
 def _setup(cfg: Config) -> Any:
+    """The kill switch of the data dir; logging only where it can (a broken logs dir must not
+    keep the switch from being pulled)."""
     from resilience.killswitch import KillSwitch
+    from tradeguard.exceptions import DirectoryError
     from tradeguard.logsetup import setup_logging
+    from tradeguard.paths import ensure_writable_dir
 
     from blackbox import recorder
 
-    paths = cfg.runtime.ensure()
-    setup_logging("cli", paths.logs_dir, console=False)
+    paths = cfg.runtime
+    ensure_writable_dir(paths.data_dir, "data", "[paths] data_dir or --data-dir", mode=0o700)
+    try:
+        setup_logging("cli", paths.logs_dir, console=False)
+    except DirectoryError as e:
+        click.echo(f"warning: {e}; not logging this command to a file (the black box still "
+                   "records it)", err=True)
     recorder.init(paths, "cli", cfg.blackbox)  # the switch records what it does, durably
     return KillSwitch(paths.kill_file, environ=os.environ)
 
@@ -51,7 +60,7 @@ def _nonempty(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="Also close the bot's positions (default: halt — stop new orders, keep positions).")
 @click.option("--reason", required=True, callback=_nonempty,
               help="Why (recorded in the KILL file and the black box).")
-@config_options
+@lenient_config_options
 def kill(cfg: Config, flatten: bool, reason: str) -> None:
     """Engage the kill switch: the bot stops trading at its next loop."""
     switch = _setup(cfg)
@@ -74,7 +83,7 @@ def kill(cfg: Config, flatten: bool, reason: str) -> None:
 
 
 @click.command("resume")
-@config_options
+@lenient_config_options
 def resume(cfg: Config) -> None:
     """Release the kill switch (remove the KILL file): the bot trades again at its next loop."""
     switch = _setup(cfg)

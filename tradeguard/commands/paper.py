@@ -5,6 +5,7 @@ import click
 
 from tradeguard.commands._common import config_options
 from tradeguard.config import Config
+from tradeguard.lifetime import die_with_run
 
 
 @click.command("paper-exchange")
@@ -15,6 +16,7 @@ from tradeguard.config import Config
 @config_options
 def paper_exchange(cfg: Config, host: str | None, port: int | None, allow_remote: bool) -> None:
     """Run the paper exchange (Binance spot REST subset, fault injection) until SIGTERM or Ctrl-C."""
+    die_with_run()  # under `tradeguard run`: never outlive supervisord
     from paper_exchange.server import serve
 
     serve(cfg, host=host, port=port, allow_remote=allow_remote)

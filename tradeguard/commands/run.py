@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import click
 
 from tradeguard.commands._common import config_options
 from tradeguard.config import Config
+from tradeguard.lifetime import hold_lock
 
 
 def _announce_health(cfg: Config) -> None:
@@ -31,11 +33,19 @@ def run(cfg: Config, only: tuple[str, ...]) -> None:
         write_supervisord_conf
 
     programs = only or default_programs(cfg)
+    if "bot" in programs:  # what the bot would refuse at start, refused before anything starts
+        from bot.preflight import check_exchange, check_strategy
+
+        check_strategy(cfg)
+        check_exchange(cfg)
+    # Held by supervisord after the exec, until it dies: one run per data dir.
+    _lock = hold_lock(cfg.runtime.ensure().data_dir, "run", "tradeguard run", inheritable=True)
     preflight(cfg, programs)
-    conf = write_supervisord_conf(cfg, programs)
+    conf = write_supervisord_conf(cfg, programs, run_pid=os.getpid())
     click.echo(f"tradeguard: starting {', '.join(programs)} under supervisord")
     click.echo(f"  data: {cfg.paths.data_dir}   logs: {cfg.paths.logs_dir}")
     if "watchdog" in programs:
         _announce_health(cfg)
-    click.echo("  kill switch: tradeguard kill --reason '...'   status: tradeguard status")
+    click.echo("  kill switch: tradeguard kill --reason '...'   status: tradeguard status   "
+               "stop: tradeguard stop (or Ctrl-C)")
     exec_supervisord(conf)

@@ -65,7 +65,10 @@ def _ago(seconds: float | None) -> str:
 def _bot_line(bot: dict[str, Any]) -> str:
     if bot.get("state") is None:
         return "no heartbeat" + ("" if bot.get("alive") else " (not running)")
-    parts = [bot["state"], f"pid {bot.get('pid')}" + ("" if bot.get("alive") else " (gone)"),
+    if not bot.get("alive"):  # a stale heartbeat says what the bot was, not what it is
+        return (f"NOT RUNNING (pid {bot.get('pid')} is gone; its last heartbeat, "
+                f"{_ago(bot.get('heartbeat_age_s'))} ago, said {bot['state']})")
+    parts = [bot["state"], f"pid {bot.get('pid')}",
              f"heartbeat {_ago(bot.get('heartbeat_age_s'))} ago", f"seq {bot.get('seq')}"]
     if bot.get("uptime_s") is not None:
         parts.append(f"up {_ago(bot['uptime_s'])}")
@@ -94,6 +97,36 @@ def _kill_line(kill: dict[str, Any]) -> str:
     return f"ENGAGED ({kill.get('mode')}, from {kill.get('source')}) at {at}: {kill.get('reason')}"
 
 
+def _money(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+,.2f}"
+
+
+def _pnl_lines(p: dict[str, Any] | None) -> list[str]:
+    """Equity, P&L per symbol and total, today's P&L against the daily loss limit, fees."""
+    if not p:
+        return ["  P&L        : n/a (no state.db yet)"]
+    equity = "n/a (until the bot's first balance)" if p["equity"] is None else f"{p['equity']:,.2f}"
+    fees = ", ".join(f"{v:,.4f} {cur}" for cur, v in sorted(p["fees"].items())) or "none"
+    if p["daily_pnl"] is None:
+        daily = "n/a (measured by the bot once it has prices; needs a daily loss limit)"
+    else:
+        daily = _money(p["daily_pnl"])
+        if p["daily_loss_limit"] is not None:
+            daily += (f" (limit -{p['daily_loss_limit']:,.2f}: {100 * p['daily_loss_used']:.0f}% "
+                      "of it used)")
+    lines = [f"  equity     : {equity}",
+             f"  P&L        : realized {_money(p['realized'])}  unrealized {_money(p['unrealized'])}"
+             f"  total {_money(p['total'])}",
+             f"  today      : {daily}",
+             f"  fees paid  : {fees}"]
+    for sym, sp in p["symbols"].items():
+        avg = "" if sp["avg_price"] is None else f" avg {sp['avg_price']:,.2f}"
+        price = "" if sp["price"] is None else f" last {sp['price']:,.2f}"
+        lines.append(f"      {sym}: {sp['amount']:g}{avg}{price}  realized {_money(sp['realized'])}"
+                     f"  unrealized {_money(sp['unrealized'])}")
+    return lines
+
+
 def format_status(s: dict[str, Any]) -> str:
     """The human-readable status report."""
     src = s["source"]
@@ -116,6 +149,7 @@ def format_status(s: dict[str, Any]) -> str:
         price = f" @ {o['price']:g}" if o.get("price") is not None else ""
         lines.append(f"      {o['client_order_id']}  {o['symbol']} {o['side']} {o['type']} "
                      f"{o['amount']:g}{price}  {o['state']}  filled {o['filled']:g}")
+    lines += _pnl_lines(s.get("pnl"))
     if s.get("needs_attention"):
         lines.append(f"  ATTENTION  : {s['needs_attention']}")
     lines.append(f"  reconciled : {_ago(s.get('last_reconcile_age_s'))}"

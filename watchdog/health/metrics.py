@@ -44,6 +44,7 @@ class SnapshotCollector(Collector):
         yield from _bot(s)
         yield from _watchdog(s["watchdog"])
         yield from _trading(s)
+        yield from _pnl(s)
         yield from _exchange(s["exchange"])
         yield from _host(s)
 
@@ -118,6 +119,40 @@ def _trading(s: dict[str, Any]) -> Iterator[Metric]:
     yield pos
     yield _g("tradeguard_last_reconcile_timestamp_seconds", "Unix time of the last reconciliation.",
              _nan(s["last_reconcile"]))
+
+
+def _pnl(s: dict[str, Any]) -> Iterator[Metric]:
+    """Equity and P&L (trading.pnl), and positions that have no protective stop."""
+    protected = {o["symbol"] for o in s["open_orders"] if o.get("purpose") == "protective"}
+    bare = _g("tradeguard_position_unprotected", "1 when a position has no protective stop order.",
+              None, ("symbol",))
+    for symbol, amount in sorted(s["positions"].items()):
+        bare.add_metric([symbol], float(bool(amount) and symbol not in protected))
+    yield bare
+    p = s.get("pnl")
+    if not p:
+        return
+    yield _g("tradeguard_equity", "Account equity in quote currency at the bot's last balance.",
+             _nan(p["equity"]))
+    yield _g("tradeguard_pnl_realized_total", "Realized P&L (fees in quote included), all symbols.",
+             float(p["realized"]))
+    yield _g("tradeguard_pnl_unrealized", "Unrealized P&L at the bot's last prices, all symbols.",
+             _nan(p["unrealized"]))
+    yield _g("tradeguard_pnl_daily", "Today's P&L (UTC day), the figure the daily loss limit acts on.",
+             _nan(p["daily_pnl"]))
+    yield _g("tradeguard_daily_loss_limit", "The daily loss limit in quote (the tighter of the two).",
+             _nan(p["daily_loss_limit"]))
+    yield _g("tradeguard_daily_loss_limit_used_ratio", "Today's loss / the daily loss limit (1 = halts).",
+             _nan(p["daily_loss_used"]))
+    realized = _g("tradeguard_symbol_pnl_realized", "Realized P&L per symbol.", None, ("symbol",))
+    unrealized = _g("tradeguard_symbol_pnl_unrealized", "Unrealized P&L per symbol.", None, ("symbol",))
+    fees = _g("tradeguard_fees_paid", "Fees paid per symbol and currency.", None, ("symbol", "currency"))
+    for symbol, sp in sorted(p["symbols"].items()):
+        realized.add_metric([symbol], float(sp["realized"]))
+        unrealized.add_metric([symbol], _nan(sp["unrealized"]))
+        for cur, v in sorted(sp["fees"].items()):
+            fees.add_metric([symbol, cur], float(v))
+    yield from (realized, unrealized, fees)
 
 
 def _exchange(ex: dict[str, Any]) -> Iterator[Metric]:

@@ -77,6 +77,7 @@ def build_snapshot(cfg: Config, watchdog_state: dict[str, Any] | None = None) ->
         "last_reconcile": last_reconcile,
         "last_reconcile_age_s": None if last_reconcile is None else round(now - last_reconcile, 3),
         "needs_attention": _text(detail.get("needs_attention")),
+        "pnl": _cached("pnl", paths.state_db, STATE_DB_TTL_S, lambda: _pnl(cfg, detail, now)),
         "exchange": exchange_stats(detail.get("exchange")),
         "state_db": {k: db[k] for k in ("available", "error", "needs_reconciliation") if k in db},
         "blackbox": _cached("blackbox", paths.blackbox_db, BLACKBOX_TTL_S,
@@ -86,6 +87,20 @@ def build_snapshot(cfg: Config, watchdog_state: dict[str, Any] | None = None) ->
     }
     snap["status"], snap["reason"] = assess(snap, cfg.watchdog.heartbeat_timeout_s)
     return snap
+
+
+def _pnl(cfg: Config, detail: dict[str, Any], now: float) -> dict[str, Any] | None:
+    """Equity, realized/unrealized P&L, fees, today's P&L (trading.pnl); None without state.db."""
+    import sqlite3
+
+    from trading.pnl import pnl_report
+
+    if not cfg.runtime.state_db.is_file():
+        return None
+    try:
+        return pnl_report(cfg.runtime.state_db, detail, cfg.risk, now).to_dict()
+    except sqlite3.Error:
+        return None  # reported by state_db.available
 
 
 # --- bot --------------------------------------------------------------------------------------
