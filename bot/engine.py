@@ -19,7 +19,7 @@ from blackbox import recorder
 from bot.failpoints import Leak
 from bot.guard import Guard
 from bot.marketdata import MarketFeed
-from bot.notify import Notifier
+from tradeguard.notify import Notifier
 from bot.orders import FINAL, OrderBook, recent_submissions
 from bot.reconcile import Reconciler
 from bot.risk import RiskLimits
