@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.system.images import PODMAN, REPO, podman
+from tests.system.images import PODMAN, REPO, ULIMITS, podman
 
 VENV_PY = "/opt/tradeguard/venv/bin/python"
 TG = "/opt/tradeguard/venv/bin/tradeguard"
 CLI_PATHS = "--config /etc/tradeguard/tradeguard.toml --data-dir /var/lib/tradeguard " \
             "--logs-dir /var/log/tradeguard"
 # podman run options that boot systemd as PID 1 on this kind of host (runc, cgroupfs).
-BOOT_OPTS = ("--systemd=always", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+BOOT_OPTS = ("--systemd=always", *ULIMITS,
              "--network", "host")
 # The checkout as a user clones it: no virtualenv, git metadata, runtime data or caches.
 SOURCE_EXCLUDES = (".venv", ".git", "data", "logs", "__pycache__", "*.egg-info", "build",

@@ -33,6 +33,12 @@ APT_PACKAGES = ("polkitd",)
 BASE_NAME = "localhost/tradeguard-sysbase"
 VENV_NAME = "localhost/tradeguard-sysvenv"
 PODMAN = ("podman", "--runtime", "runc", "--cgroup-manager=cgroupfs")
+# runc cannot raise these limits here ("error setting rlimits ... operation not permitted"):
+# every container and build step gets them set explicitly.
+ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
+STAGE_NAME = "localhost/tradeguard-sysbase-stage"
+# Part of the cache key: change it when the steps that make the base image change.
+RECIPE = "debootstrap minbase + pip config + apt " + " ".join(APT_PACKAGES) + " / v1"
 PIP_FILES = (Path("/etc/pip.conf"), Path("/etc/xdg/pip"))
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Host pip settings that name host-only paths (a local wheel directory) are not carried over.
@@ -95,10 +101,10 @@ def _digest(*parts: bytes) -> str:
 
 
 def base_key() -> str:
-    """Hash of the base image's inputs: suite, packages, mirror, pip config, this builder."""
+    """Hash of the base image's inputs: suite, packages, mirror, pip config, the recipe."""
     files = _pip_config_files() + ([CA_BUNDLE] if CA_BUNDLE.is_file() else [])
     return _digest(SUITE.encode(), " ".join(PACKAGES + APT_PACKAGES).encode(), debian_mirror().encode(),
-                   repr(pip_env()).encode(), Path(__file__).read_bytes(),
+                   repr(pip_env()).encode(), RECIPE.encode(),
                    *(str(f).encode() + f.read_bytes() for f in files))
 
 
@@ -139,8 +145,8 @@ def _carry_pip_config(rootfs: Path) -> None:
         conf.write(fh)
 
 
-def build_base(tag: str, workdir: Path) -> None:
-    """debootstrap a minimal bookworm with systemd and Python 3.11; import it as ``tag``."""
+def build_stage(stage: str, workdir: Path) -> None:
+    """debootstrap a minimal bookworm with systemd and Python 3.11; import it as ``stage``."""
     rootfs = workdir / "rootfs"
     _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
           str(rootfs), debian_mirror()], "debootstrap", timeout=1500)
@@ -150,7 +156,6 @@ def build_base(tag: str, workdir: Path) -> None:
             if p.is_file():
                 p.unlink()
     (rootfs / "etc/machine-id").write_text("", encoding="utf-8")  # systemd makes one at boot
-    stage = f"{tag}-debootstrap"
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     try:
         r = subprocess.run([*PODMAN, "import", "--change", "CMD=/sbin/init", "-", stage],
@@ -161,12 +166,13 @@ def build_base(tag: str, workdir: Path) -> None:
         tar.wait(60)
     if r.returncode != 0:
         raise ImageError(f"podman import failed: {r.stderr.decode(errors='replace')[-2000:]}")
-    try:
-        _commit_after(stage, tag, "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; "
-                      f"apt-get install -y -qq --no-install-recommends {' '.join(APT_PACKAGES)}; "
-                      "apt-get clean; rm -rf /var/lib/apt/lists/*", timeout=900)
-    finally:
-        podman("rmi", "-f", stage, check=False)
+
+
+def build_base(stage: str, tag: str) -> None:
+    """The debootstrap stage plus what apt installs, as ``tag``."""
+    _commit_after(stage, tag, "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; "
+                  f"apt-get install -y -qq --no-install-recommends {' '.join(APT_PACKAGES)}; "
+                  "apt-get clean; rm -rf /var/lib/apt/lists/*", timeout=900)
 
 
 def _commit_after(image: str, tag: str, script: str, timeout: float,
@@ -175,7 +181,7 @@ def _commit_after(image: str, tag: str, script: str, timeout: float,
     name = f"tg-build-{os.getpid()}"
     podman("rm", "-f", name, check=False)
     try:
-        podman("run", "-i", "--name", name, "--network", "host", image, "sh", "-c",
+        podman("run", "-i", "--name", name, "--network", "host", *ULIMITS, image, "sh", "-c",
                f"set -e; {script}", input=input, timeout=timeout)
         podman("commit", "--change", "CMD=/sbin/init", name, tag, timeout=600)
     finally:
@@ -204,12 +210,16 @@ def ensure_images(log=lambda msg: None) -> dict[str, object]:
     base = f"{BASE_NAME}:{base_key()}"
     t0 = time.monotonic()
     if not image_exists(base):
-        log(f"building {base} (debootstrap {SUITE} from {debian_mirror()})")
-        with tempfile.TemporaryDirectory(prefix="tg-sysbase-", dir="/var/tmp") as d:
-            try:
-                build_base(base, Path(d))
-            finally:
-                _unmount_below(Path(d))  # a failed debootstrap may leave /proc mounted there
+        stage = f"{STAGE_NAME}:{base.rsplit(':', 1)[1]}"
+        if not image_exists(stage):
+            log(f"building {stage} (debootstrap {SUITE} from {debian_mirror()})")
+            with tempfile.TemporaryDirectory(prefix="tg-sysbase-", dir="/var/tmp") as d:
+                try:
+                    build_stage(stage, Path(d))
+                finally:
+                    _unmount_below(Path(d))  # a failed debootstrap may leave /proc mounted
+        log(f"building {base} ({', '.join(APT_PACKAGES)} with apt)")
+        build_base(stage, base)
         out["base_built"] = True
     out["base"], out["base_s"] = base, round(time.monotonic() - t0, 1)
     venv = f"{VENV_NAME}:{venv_key(base)}"

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.system.box import Box, BoxError, record
-from tests.system.images import REPO, podman
+from tests.system.images import REPO, ULIMITS, podman
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -54,7 +54,7 @@ def bot_pid(c: Container) -> int:
 @pytest.fixture(scope="module")
 def image(images: dict) -> str:
     t0 = time.monotonic()
-    podman("build", "--format", "docker", "--network", "host", "--build-arg",
+    podman("build", "--format", "docker", "--network", "host", *ULIMITS, "--build-arg",
            f"BASE={images['base']}", "-f", str(REPO / "Containerfile"), "-t", IMAGE, str(REPO),
            timeout=1200)
     record("container_build_s", time.monotonic() - t0)
@@ -68,7 +68,7 @@ def running(image: str):
     podman("rm", "-f", name, check=False)
     t0 = time.monotonic()
     # As deploy/compose.yaml runs it: read-only root, no capabilities, no new privileges.
-    podman("run", "-d", "--name", name, "--network", "none", "--stop-timeout", "30",
+    podman("run", "-d", "--name", name, "--network", "none", "--stop-timeout", "30", *ULIMITS,
            "--read-only", "--tmpfs", "/tmp", "--cap-drop", "all",
            "--security-opt", "no-new-privileges",
            "-v", f"{vols[0]}:/data", "-v", f"{vols[1]}:/logs", image)
