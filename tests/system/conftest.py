@@ -22,7 +22,7 @@ from tests.system.images import ensure_images
 ENABLED = os.environ.get("TRADEGUARD_SYSTEM_TESTS") == "1"
 collect_ignore_glob = [] if ENABLED else ["test_*.py"]
 
-REPORT = Path(os.environ.get("TRADEGUARD_SYSTEM_REPORT", "system-report.json"))
+REPORT = Path(os.environ.get("TRADEGUARD_SYSTEM_REPORT", "logs/system-report.json"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -279,7 +279,24 @@ def test_install_dry_run_prints_every_step_and_changes_nothing() -> None:
     assert [p.exists() for p in touched] == before
 
 
-def test_install_refuses_bad_usage() -> None:
+def test_what_install_sh_installs_holds_every_package() -> None:
+    """install.sh installs the tree with ``pip install SOURCE`` (not editable): a directory of
+    modules without ``__init__.py`` is left out by setup.cfg's ``find:`` and the installed
+    service fails on import (watchdog.health did, found under a real systemd)."""
+    import configparser
+
+    from setuptools import find_packages
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    include = cfg["options.packages.find"]["include"].split()
+    found = set(find_packages(str(REPO), include=include))
+    tops = [p for p in include if "*" not in p]
+    dirs = {str(d.relative_to(REPO)).replace("/", ".") for top in tops
+            for d in [REPO / top, *(REPO / top).rglob("*")]
+            if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))}
+    assert dirs - found == set()
+
     r = subprocess.run(["bash", str(UNITS_DIR / "install.sh"), "--dry-run", "--frobnicate"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "unknown option: --frobnicate" in r.stderr
