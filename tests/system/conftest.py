@@ -73,6 +73,10 @@ def installed(booted: Box, ports: dict[str, int]) -> Box:
     conf = box.sh("cat /etc/tradeguard/tradeguard.toml").stdout
     conf = set_toml_key(conf, "paper", "port", str(ports["paper"]))
     conf = set_toml_key(conf, "health", "port", str(ports["health"]))
+    # A restarted bot takes up to ~25 s to be healthy on a loaded 2-core host (importing ccxt,
+    # startup reconciliation): the default 30 s made the watchdog flatten for "did not come
+    # back" before the restart budget was spent. docs/DEPLOY.md says to raise it on slow hosts.
+    conf = set_toml_key(conf, "watchdog", "startup_timeout_s", "90.0")
     box.sh("cat > /etc/tradeguard/tradeguard.toml", input=conf.encode())
     box.tg("config check")
     return box
