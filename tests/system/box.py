@@ -128,12 +128,28 @@ class Box:
 
 def set_toml_key(text: str, section: str, key: str, value: str) -> str:
     """``text`` with ``key = value`` set in ``[section]`` (the line must exist)."""
-    pattern = re.compile(rf"(^\[{re.escape(section)}\][^\[]*?^{re.escape(key)}\s*=\s*)[^\n]*",
-                         re.M | re.S)
-    new, n = pattern.subn(lambda m: m[1] + value, text, count=1)
-    assert n == 1, f"no {key} in [{section}]"
-    return new
+    lines, current, done = text.splitlines(keepends=True), None, False
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            current = line.strip()[1:-1]
+        elif current == section and not done and re.match(rf"{re.escape(key)}\s*=", line):
+            lines[i], done = f"{key} = {value}\n", True
+    assert done, f"no {key} in [{section}]"
+    return "".join(lines)
 
 
 def write_times(path: Path) -> None:
     path.write_text(json.dumps(TIMES, indent=2) + "\n", encoding="utf-8")
+
+
+def flatten_with_kill_switch(box: Box, positions: Callable[[], dict], kill: Callable[[], Any],
+                             name: str, wait_open_s: float = 240) -> None:
+    """Wait for an open position, pull the kill switch (``kill``) and wait until every position
+    is closed; the time from the kill switch to flat is recorded as ``name``."""
+    box.wait_for(lambda: any(abs(a) > 0 for a in positions().values()), wait_open_s,
+                 "an open position to flatten")
+    t0 = time.monotonic()
+    kill()
+    box.wait_for(lambda: all(abs(a) < 1e-6 for a in positions().values()), 90,
+                 "the positions to be closed")
+    record(name, time.monotonic() - t0)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.system.box import Box, record
+from tests.system.box import Box, flatten_with_kill_switch, record
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -232,13 +232,9 @@ def test_restart_budget_spent_flattens_under_the_systemd_manager(started: Box) -
 
 def test_kill_flatten_from_the_cli_goes_flat(started: Box) -> None:
     box = started
-    box.wait_for(lambda: any(abs(a) > 0 for a in trades(box)["positions"].values()), 120,
-                 "an open position to flatten")
-    t0 = time.monotonic()
-    box.tg("kill --flatten --reason 'system test: phone'")
-    box.wait_for(lambda: all(abs(a) < 1e-6 for a in trades(box)["positions"].values()), 90,
-                 "the positions to be closed")
-    record("kill_flatten_to_flat_s", time.monotonic() - t0)
+    flatten_with_kill_switch(box, lambda: trades(box)["positions"],
+                             lambda: box.tg("kill --flatten --reason 'system test: phone'"),
+                             "kill_flatten_to_flat_s")
     status = json.loads(box.tg("status --json").stdout)
     assert status["kill_switch"]["engaged"] and status["kill_switch"]["mode"] == "flatten"
     assert status["open_orders_count"] == 0, status["open_orders"]
