@@ -272,5 +272,5 @@ def test_stopping_the_target_is_clean_and_within_the_timeouts(started: Box) -> N
     assert "SIGKILL" not in log and "timed out" not in log, log
     # The watchdog stops first: it must not take the bot's stop for a crash.
     assert "restarting the bot" not in box.journal(WD, since=since)
-    wd_stop = log.index("Stopped tradeguard watchdog")
-    assert wd_stop < log.index("Stopped tradeguard trading bot")
+    wd_stop = log.index(f"Stopped {WD}")
+    assert wd_stop < log.index(f"Stopped {BOT}") < log.index(f"Stopped {PAPER}"), log
