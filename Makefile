@@ -5,13 +5,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test chaos bench venv clean
+.PHONY: run test test-system chaos bench venv clean
 
 run: $(STAMP)
 	$(VENV)/bin/tradeguard run
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The system tests (tests/system): tradeguard under a real systemd in a podman container, and
+# the OCI image. Need root, podman, runc, debootstrap; minutes, not seconds: not part of `test`.
+test-system: $(STAMP)
+	TRADEGUARD_SYSTEM_TESTS=1 $(PY) -m pytest -p no:cacheprovider -n 0 -v tests/system
 
 chaos: $(STAMP)
 	$(VENV)/bin/tradeguard chaos run --iterations 20 --report chaos-report

@@ -19,7 +19,7 @@ from blackbox import recorder
 from trading.failpoints import Leak
 from bot.guard import Guard
 from bot.marketdata import MarketFeed
-from bot.notify import Notifier
+from tradeguard.notify import Notifier
 from trading.orders import FINAL, OrderBook, recent_submissions
 from bot.reconcile import MARGIN_S, Reconciler
 from resilience.state import Archiver

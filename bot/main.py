@@ -21,7 +21,7 @@ from blackbox import crashdump, recorder
 from bot.engine import Bot
 from trading.exchange import build_exchange
 from trading.failpoints import Failpoints
-from bot.notify import Notifier
+from tradeguard.notify import Notifier
 from trading.runtime import Runtime
 from bot.strategy import load_strategy
 from resilience.keys import ensure_cipher

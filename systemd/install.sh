@@ -16,12 +16,14 @@ CREDSTORE=/etc/credstore
 UNIT_DIR=/etc/systemd/system
 POLKIT_DIR=/etc/polkit-1/rules.d
 SERVICE_USER=tradeguard
-UNITS=(tradeguard-bot.service tradeguard-watchdog.service tradeguard.target)
+UNITS=(tradeguard-bot.service tradeguard-watchdog.service tradeguard-paper.service tradeguard.target)
+PAPER_UNIT=tradeguard-paper.service
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SOURCE=$(dirname "$HERE")
 PYTHON=python3
 DRY_RUN=0
+FRESH_CONFIG=0
 
 usage() {
     sed -n '5,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -91,6 +93,7 @@ if [ -e "$ETC/tradeguard.toml" ]; then
 else
     run install -m 0640 -o root -g "$SERVICE_USER" "$SOURCE/tradeguard.example.toml" \
         "$ETC/tradeguard.toml"
+    FRESH_CONFIG=1
 fi
 run install -d -m 0700 -o root -g root "$CREDSTORE"
 
@@ -109,6 +112,14 @@ if [ -d /run/systemd/system ]; then
 else
     note "systemd is not running here: run 'systemctl daemon-reload' on the target host"
 fi
+# 5. The example configuration trades on the local paper exchange ([exchange] id = "paper"):
+#    without its unit the bot would wait for an exchange that never comes. Enabled (into
+#    tradeguard.target) only with a freshly installed example configuration; disable it when
+#    you switch to a real exchange.
+if [ "$FRESH_CONFIG" -eq 1 ]; then
+    note "$ETC/tradeguard.toml trades on the paper exchange: enabling $PAPER_UNIT with the target"
+    run systemctl enable "$PAPER_UNIT"
+fi
 
 cat <<EOF
 
@@ -118,5 +129,7 @@ Next steps (docs/DEPLOY.md):
        field.key (32 random bytes, base64: head -c 32 /dev/urandom | base64),
        exchange.api_key, exchange.api_secret and, for e-mail alerts, smtp.password
   3. systemctl enable --now tradeguard.target
+     (paper trading: tradeguard-paper.service, enabled with a fresh example configuration;
+      with a real exchange: systemctl disable --now tradeguard-paper.service)
   4. systemctl status tradeguard-bot tradeguard-watchdog; journalctl -u tradeguard-bot -f
 EOF

@@ -35,6 +35,7 @@ from tradeguard.config import Config
 from tradeguard.exceptions import TradeguardError
 from tradeguard.lifetime import ProcessLock, hold_lock
 from tradeguard.heartbeat import read_pidfile
+from tradeguard.notify import Notifier
 from watchdog.attention import AttentionWatch
 from watchdog.budget import RestartBudget
 from watchdog.checks import BotChecker, Verdict
@@ -112,6 +113,7 @@ class Watchdog:
         self._snapshot: dict[str, Any] = {}
         self._durable = False
         self.state.since = time.time()
+        self.notifier = Notifier()  # systemd: READY=1 once watching, WATCHDOG=1 every check
 
     # --- public -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -166,6 +168,7 @@ class Watchdog:
     def run(self) -> int:
         """Check every ``interval_s`` until :attr:`stop_event` is set; returns the exit code."""
         self.begin()
+        self.notifier.ready(f"watching the bot through {self.manager.name}")
         interval = self.wcfg.interval_s
         while not self.stop_event.is_set():
             t0 = time.monotonic()
@@ -174,8 +177,12 @@ class Watchdog:
             except Exception as e:  # noqa: BLE001 - one failed check must not end supervision
                 log.exception("check failed: %s", e)
                 recorder.record("watchdog.error", SOURCE, f"check failed: {e}", severity="error")
+            # A loop that stops coming here (hung check, SIGSTOP) is replaced by WatchdogSec.
+            self.notifier.tick(f"bot: {self.state.verdict}")
             self.stop_event.wait(max(0.0, interval - (time.monotonic() - t0)))
+        self.notifier.stopping()
         self.shutdown()
+        self.notifier.close()
         return 0
 
     def shutdown(self) -> None:

@@ -28,7 +28,8 @@ from watchdog.managers import SYSTEMD_UNIT
 
 UNITS_DIR = REPO / "systemd"
 SERVICES = ("tradeguard-bot.service", "tradeguard-watchdog.service")
-UNITS = (*SERVICES, "tradeguard.target")
+PAPER = "tradeguard-paper.service"
+UNITS = (*SERVICES, PAPER, "tradeguard.target")
 INSTALLED_BINARY = "/opt/tradeguard/venv/bin/tradeguard"
 CLI_ARGS = ["--config", "/etc/tradeguard/tradeguard.toml", "--data-dir", "/var/lib/tradeguard",
             "--logs-dir", "/var/log/tradeguard"]
@@ -82,7 +83,7 @@ def unit_copies(tmp_path: Path) -> Path:
     out.mkdir()
     for name in UNITS:
         text = (UNITS_DIR / name).read_text(encoding="utf-8")
-        if name in SERVICES:
+        if name != "tradeguard.target":
             assert text.count(f"ExecStart={INSTALLED_BINARY} ") == 1
             text = text.replace(INSTALLED_BINARY, str(binary))
         (out / name).write_text(text, encoding="utf-8")
@@ -114,7 +115,7 @@ def test_verify_would_catch_a_broken_unit(unit_copies: Path) -> None:
 
 @pytest.mark.systemd
 @needs_analyze
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", (*SERVICES, PAPER))
 def test_security_exposure_is_low(unit_copies: Path, name: str) -> None:
     r = analyze("security", "--offline=true", "--no-pager", f"./{name}", cwd=unit_copies)
     m = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+(?:\.\d+)?)", r.stdout)
@@ -152,13 +153,19 @@ def test_watchdog_unit_can_reach_and_signal_the_bot(units: dict) -> None:
         assert "DynamicUser" not in svc and "PrivatePIDs" not in svc and "PrivateUsers" not in svc
         assert svc.get("ProtectProc", ["invisible"]) == ["invisible"]  # hides other users only
     assert one(wd, "Service", "Restart") == "always"
+    # Someone watches the watchdog: READY=1 once watching, WATCHDOG=1 after every check.
+    assert one(wd, "Service", "Type") == "notify" and one(wd, "Service", "NotifyAccess") == "main"
+    check_s = WatchdogConfig().interval_s
+    assert seconds(one(wd, "Service", "WatchdogSec")) >= 20 * check_s + 15  # + a slow systemctl
+    assert seconds(one(wd, "Service", "TimeoutAbortSec")) <= 10  # a stopped one gets SIGKILL soon
     assert "tradeguard-bot.service" in one(wd, "Unit", "After").split()  # stopped first
     env = dict(item.split("=", 1) for v in wd["Service"]["Environment"] for item in v.split())
     assert load_config(env=env).watchdog.manager == "systemd"
 
 
 @pytest.mark.parametrize("name,command", [("tradeguard-bot.service", "bot"),
-                                          ("tradeguard-watchdog.service", "watchdog")])
+                                          ("tradeguard-watchdog.service", "watchdog"),
+                                          (PAPER, "paper-exchange")])
 def test_exec_start_runs_the_cli_with_the_shared_paths(units: dict, name: str,
                                                        command: str) -> None:
     argv = one(units[name], "Service", "ExecStart").split()
@@ -182,9 +189,19 @@ def test_the_target_groups_both_services(units: dict) -> None:
     target = units["tradeguard.target"]
     assert set(one(target, "Unit", "Wants").split()) == set(SERVICES)
     assert one(target, "Install", "WantedBy") == "multi-user.target"
-    for name in SERVICES:
+    for name in (*SERVICES, PAPER):
         assert one(units[name], "Unit", "PartOf") == "tradeguard.target"
         assert one(units[name], "Install", "WantedBy") == "tradeguard.target"
+
+
+def test_the_paper_exchange_unit_is_optional_and_up_before_the_bot(units: dict) -> None:
+    """Paper trading only: enabled into the target (install.sh does it with the example
+    configuration, which trades on "paper"), never pulled in by the target itself."""
+    paper = units[PAPER]
+    assert PAPER not in one(units["tradeguard.target"], "Unit", "Wants").split()
+    assert set(SERVICES) <= set(one(paper, "Unit", "Before").split())
+    for key in ("User", "StateDirectory", "LogsDirectory"):  # shares the data dir's paper/
+        assert one(paper, "Service", key) == one(units[SERVICES[0]], "Service", key)
 
 
 # --- MemoryDenyWriteExecute: does the runtime cope? ---------------------------------------------
@@ -257,10 +274,29 @@ def test_install_dry_run_prints_every_step_and_changes_nothing() -> None:
             in steps
     assert "install -d -m 0700 -o root -g root /etc/credstore" in steps
     assert "systemctl enable --now tradeguard.target" in r.stdout
+    if "install -m 0640 -o root -g tradeguard " in r.stdout:  # a fresh example configuration
+        assert f"systemctl enable {PAPER}" in steps
     assert [p.exists() for p in touched] == before
 
 
-def test_install_refuses_bad_usage() -> None:
+def test_what_install_sh_installs_holds_every_package() -> None:
+    """install.sh installs the tree with ``pip install SOURCE`` (not editable): a directory of
+    modules without ``__init__.py`` is left out by setup.cfg's ``find:`` and the installed
+    service fails on import (watchdog.health did, found under a real systemd)."""
+    import configparser
+
+    from setuptools import find_packages
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    include = cfg["options.packages.find"]["include"].split()
+    found = set(find_packages(str(REPO), include=include))
+    tops = [p for p in include if "*" not in p]
+    dirs = {str(d.relative_to(REPO)).replace("/", ".") for top in tops
+            for d in [REPO / top, *(REPO / top).rglob("*")]
+            if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py"))}
+    assert dirs - found == set()
+
     r = subprocess.run(["bash", str(UNITS_DIR / "install.sh"), "--dry-run", "--frobnicate"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "unknown option: --frobnicate" in r.stderr

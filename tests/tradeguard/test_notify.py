@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from bot.notify import Notifier
+from tradeguard.notify import Notifier
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The authenticated health endpoint the watchdog serves (DESIGN.md, "Health endpoint")."""
