@@ -84,7 +84,7 @@ class Watchdog:
     def __init__(self, cfg: Config, manager: BotManager, alerter: Any):
         self.cfg, self.wcfg, self.paths = cfg, cfg.watchdog, cfg.runtime
         self.manager, self.alerter = manager, alerter
-        self.checker = BotChecker(self.paths, self.wcfg, manager.current_pid)
+        self.checker = BotChecker(self.paths, self.wcfg, manager.current_pid, manager.bot_command())
         self.killswitch = KillSwitch(self.paths.kill_file)
         self.stop_event = threading.Event()
         self.state = WatchdogState(pid=os.getpid(), manager=manager.name,
@@ -369,16 +369,20 @@ class Watchdog:
         if current is None or current.mode != "flatten":
             killswitch.engage("flatten", reason, by="watchdog")
         try:
+            # returns only once the bot is proven dead (never two sellers)
             how = self.manager.stop()
-            recorder.record("emergency.bot_stopped", SOURCE, f"bot stopped: {how}",
-                            critical=True, manager=self.manager.name)
-            stopped = True
         except TradeguardError as e:
-            log.error("could not stop the bot through %s: %s", self.manager.name, e)
+            log.error("could not prove the bot dead through %s: %s", self.manager.name, e)
             recorder.record("emergency.bot_stop_failed", SOURCE, str(e), severity="error",
                             critical=True)
-            stopped = False
-        result = flatten(self.cfg, reason, stop=self.stop_event, bot_stopped=stopped)
+            # Nothing is sold while the bot may still run; the emergency is retried after
+            # emergency_timeout_s (the stop first).
+            result = FlattenResult.failed(f"the bot could not be proven dead: {e}", reason)
+            self._emergency_finished(result)
+            return result
+        recorder.record("emergency.bot_stopped", SOURCE, f"bot stopped: {how}",
+                        critical=True, manager=self.manager.name)
+        result = flatten(self.cfg, reason, stop=self.stop_event, bot_stopped=True)
         self._emergency_finished(result)
         return result
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from tests.helpers.proc import wait_until
+from tests.watchdog.conftest import hbbot_argv
 from tradeguard.config import WatchdogConfig
 from tradeguard.heartbeat import Heartbeat, atomic_write_json, write_heartbeat
 from tradeguard.paths import RuntimePaths
@@ -19,7 +20,7 @@ from watchdog.checks import BotChecker
 def checker(data_dir: Path, logs_dir: Path, manager_pid=None, **kw) -> BotChecker:
     cfg = WatchdogConfig(**{"heartbeat_timeout_s": 0.6, "progress_timeout_s": 0.6,
                             "startup_timeout_s": 1.0, "memory_limit_mb": 300.0, **kw})
-    return BotChecker(RuntimePaths(data_dir, logs_dir), cfg, manager_pid)
+    return BotChecker(RuntimePaths(data_dir, logs_dir), cfg, manager_pid, hbbot_argv(data_dir)[:4])
 
 
 def verdict_becomes(c: BotChecker, name: str, timeout: float = 5.0):
