@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SOURCE = "bot"
 STRATEGY_KEY = "strategy.state"
 EXCHANGE_ERRORS = (ccxt.BaseError, CircuitOpenError, RetryBudgetExhausted, OSError)
+WATCHDOG = "watchdog"  # KillState.by of a kill switch the watchdog engaged
 
 
 class Bot:
@@ -66,6 +67,7 @@ class Bot:
         self._step_errors: dict[str, str] = {}  # step -> its last error, while it keeps failing
         self._faults: dict[str, str] = {}  # the subset not caused by the exchange
         self._degraded_skips = 0
+        self._left_to_watchdog: float | None = None  # the watchdog flatten already logged
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -200,7 +202,9 @@ class Bot:
         self._step("fills", self.orders.sync_fills, budget)
         kill = self.guard.check_daily_loss(kill)
         degradation = self.rt.manager.degradation(kill_state=kill)
-        if kill is not None:
+        if kill is not None and kill.mode == "flatten" and kill.by == WATCHDOG:
+            self._leave_flatten_to_watchdog(kill)
+        elif kill is not None:
             self._step("kill switch", self.guard.cancel_for, kill, budget)
             if kill.mode == "flatten":
                 self._step("flatten", self.guard.flatten, kill, budget)
@@ -214,6 +218,17 @@ class Bot:
                 self._step("fills", self.orders.sync_fills, budget)
         if time.time() - (self.reconciler.last or 0) >= self.cfg.bot.reconcile_interval_s:
             self._step("reconciliation", self._reconcile, budget)
+
+    def _leave_flatten_to_watchdog(self, kill: Any) -> None:
+        """Never two sellers: a flatten the watchdog engaged is the watchdog's to carry out (it
+        ends this bot first). The bot sends nothing — no sale, no cancel, no new order."""
+        if self._left_to_watchdog != kill.at:
+            self._left_to_watchdog = kill.at
+            log.warning("kill switch (flatten) engaged by the watchdog: no orders; the watchdog "
+                        "sells: %s", kill.reason)
+            recorder.record("bot.flatten_left_to_watchdog", SOURCE, "the watchdog carries out this "
+                            f"flatten; the bot sends nothing: {kill.reason}", severity="warning",
+                            critical=True)
 
     def _reconcile(self, budget: Budget) -> None:
         self.reconciler.run(budget)

@@ -366,8 +366,12 @@ class Watchdog:
         """Worker thread: kill switch, stop the bot, flatten; then publish the outcome."""
         killswitch = KillSwitch(self.paths.kill_file)  # its own: the main thread keeps checking
         current = killswitch.check()
-        if current is None or current.mode != "flatten":
-            killswitch.engage("flatten", reason, by="watchdog")
+        if current is None or current.mode != "flatten" or current.by != SOURCE:
+            # Marked as the watchdog's: a bot still alive leaves the selling to it (never two
+            # sellers) — also when a person engaged the flatten and the watchdog takes it over.
+            taken = (f" (taking over the flatten engaged by {current.by}: {current.reason})"
+                     if current is not None and current.mode == "flatten" else "")
+            killswitch.engage("flatten", f"{reason}{taken}"[:500], by=SOURCE, take_over=True)
         try:
             # returns only once the bot is proven dead (never two sellers)
             how = self.manager.stop()
