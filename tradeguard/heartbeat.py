@@ -167,13 +167,15 @@ def runs_bot(cmdline: Sequence[str], expected: Sequence[str] | None = None) -> b
 
 def verified_process(info: PidInfo, trusted_pid: int | None = None,
                      expected: Sequence[str] | None = None,
-                     why: Callable[[str], None] | None = None) -> psutil.Process | None:
+                     why: Callable[[str], None] | None = None,
+                     heartbeat_pid: int | None = None) -> psutil.Process | None:
     """The live bot process named by a pid file, or None: gone, zombie, PID reused, or a live
-    process that is not the bot (neither ``trusted_pid`` — the pid its manager reports — nor a
-    command line that runs it, see :func:`runs_bot`). ``why`` receives the reason of a refusal
-    of a live process."""
+    process that is not the bot. A live process is taken for the bot when it is
+    ``trusted_pid`` (the pid its manager reports), or the heartbeat names it too
+    (``heartbeat_pid``: any bot speaking the protocol), or its command line runs the bot
+    (:func:`runs_bot`). ``why`` receives the reason of a refusal of a live process."""
     p = process_for(info)
-    if p is None or p.pid == trusted_pid:
+    if p is None or p.pid in (trusted_pid, heartbeat_pid):
         return p
     try:
         cmdline = p.cmdline()
@@ -184,5 +186,33 @@ def verified_process(info: PidInfo, trusted_pid: int | None = None,
     if why is not None:
         why(f"pid {info.pid} named by bot.pid is not the bot: it runs "
             f"{' '.join(cmdline)[:120]!r}" + (f" and its manager reports pid {trusted_pid}"
-                                              if trusted_pid else ""))
+                                              if trusted_pid else "")
+            + (f" and the heartbeat is from pid {heartbeat_pid}" if heartbeat_pid else ""))
     return None
+
+
+def process_info(pid: int) -> PidInfo | None:
+    """``pid`` with its start time, as a pid file would name it; None if it is gone."""
+    try:
+        return PidInfo(pid, psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def find_bot(info: PidInfo | None, heartbeat_pid: int | None, trusted_pid: int | None = None,
+             expected: Sequence[str] | None = None,
+             why: Callable[[str], None] | None = None) -> tuple[PidInfo | None, psutil.Process | None]:
+    """The bot from the files: the pid file's process if it is verified; else, when the pid
+    file names a stranger (forged or stale), the heartbeat's pid if its command line runs the
+    bot. Returns the pid info judged and its process (None: no verified bot)."""
+    if info is not None:
+        p = verified_process(info, trusted_pid, expected, why, heartbeat_pid)
+        if p is not None or heartbeat_pid is None or heartbeat_pid == info.pid:
+            return info, p
+    if heartbeat_pid is None:
+        return info, None
+    hinfo = process_info(heartbeat_pid)
+    if hinfo is None:
+        return info, None
+    p = verified_process(hinfo, trusted_pid, expected)
+    return (hinfo, p) if p is not None else (info, None)

@@ -38,8 +38,8 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 import psutil
 
 from tradeguard.config import WatchdogConfig
-from tradeguard.heartbeat import (PID_TOLERANCE_S, Heartbeat, PidInfo, process_age_s, process_for,
-                                  read_heartbeat, read_pidfile, verified_process)
+from tradeguard.heartbeat import (PID_TOLERANCE_S, Heartbeat, PidInfo, find_bot, process_age_s,
+                                  process_for, process_info, read_heartbeat, read_pidfile)
 from tradeguard.paths import RuntimePaths
 
 FAULTS = ("crashed", "hung", "stalled", "leaking")
@@ -121,6 +121,7 @@ class BotChecker:
         self._mpid_at: float | None = None
         self._mpid_for: PidInfo | None = None
         self._info: PidInfo | None = None
+        self._key: tuple | None = None  # (pid file, heartbeat pid) the bot was looked up for
         self._proc: psutil.Process | None = None
         self._refused: str | None = None  # why the pid file's process is not taken for the bot
         self._seq_pid: int | None = None
@@ -140,7 +141,7 @@ class BotChecker:
         info = self._pidfile.get()
         hb = self._heartbeat.get()
         mpid = self._manager_says(info, mono)
-        info, proc = self._process(info, mpid)
+        info, proc = self._process(info, mpid, hb)
         if proc is None:
             return self._not_running(info, hb, mono)
         try:
@@ -156,6 +157,11 @@ class BotChecker:
         assert info is not None
         return self._judge_live(info, proc, status, rss, hb, mono)
 
+    @property
+    def heartbeat(self) -> Heartbeat | None:
+        """The heartbeat as last read."""
+        return self._heartbeat.value
+
     def bot_process(self) -> psutil.Process | None:
         """The process the last check took for the bot (verified), or None."""
         return self._proc
@@ -166,26 +172,32 @@ class BotChecker:
             self._mpid, self._mpid_at, self._mpid_for = self._manager_pid(), mono, info
         return self._mpid
 
-    def _process(self, info: PidInfo | None,
-                 mpid: int | None) -> tuple[PidInfo | None, psutil.Process | None]:
+    def _process(self, info: PidInfo | None, mpid: int | None,
+                 hb: Heartbeat | None) -> tuple[PidInfo | None, psutil.Process | None]:
         if mpid is not None and (info is None or info.pid != mpid):
             # The manager runs another process than the one the pid file names: a new bot that
             # has not written its pid file yet, or a forged pid file. The manager's is the bot.
-            minfo = _pid_info(mpid)
+            minfo = process_info(mpid)
             if minfo is not None:
                 self._refused = (f"bot.pid names pid {info.pid}, but its manager runs pid {mpid}"
                                  if info is not None and process_for_live(info) else None)
                 if minfo != self._info:
                     self._info, self._proc = minfo, process_for(minfo)
+                self._key = None
                 return minfo, self._proc
-        if info is None:
-            self._info, self._proc, self._refused = None, None, None
-        elif info != self._info:
+        hb_pid = hb.pid if hb is not None else None
+        key = (info, hb_pid if self._refused or self._proc is None else None)
+        if info is None and hb_pid is None:
+            self._info, self._proc, self._refused, self._key = None, None, None, None
+        elif key != self._key:
             self._refused = None
-            self._info = info
-            self._proc = verified_process(info, trusted_pid=mpid, expected=self._bot_command,
-                                          why=self._refuse)
-        return info, self._proc
+            judged, self._proc = find_bot(info, hb_pid, mpid, self._bot_command, self._refuse)
+            if self._proc is not None and info is not None and judged != info:
+                self._refused = (f"bot.pid names pid {info.pid}, which is not the bot; the "
+                                 f"heartbeat's pid {judged.pid} is")
+            self._info, self._key = judged, (info, hb_pid if self._refused or self._proc is None
+                                             else None)
+        return (self._info if self._proc is not None else info), self._proc
 
     def _refuse(self, why: str) -> None:
         self._refused = why
@@ -261,13 +273,6 @@ class BotChecker:
         # bot wrote, for the record only
         return {"hb_pid": hb.pid, "hb_age_s": round(mono - self._heartbeat.changed_at, 3),
                 "hb_ts": hb.ts, "seq": hb.seq, "state": hb.state}
-
-
-def _pid_info(pid: int) -> PidInfo | None:
-    try:
-        return PidInfo(pid, psutil.Process(pid).create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
 
 
 def process_for_live(info: PidInfo) -> bool:

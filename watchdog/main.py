@@ -103,7 +103,9 @@ class Watchdog:
         self._flatten_verified = False
         self._unhealthy_since: float | None = None
         self._unhealthy_alerted = False
+        self._store_fault: str | None = None  # the bot said state.db cannot commit
         self._saved_at = 0.0
+        self._save_error: str | None = None
         self._saved_key: tuple = ()
         self._snapshot: dict[str, Any] = {}
         self._durable = False
@@ -141,6 +143,7 @@ class Watchdog:
         kill = self.killswitch.check()
         self._note_kill(kill, now)
         v = self.checker.check(now)
+        self._note_store_fault(v)
         if self.state.emergency.state != "none":
             reported = self._during_emergency(v, kill, now)
         elif kill is not None and kill.mode == "flatten" and self._flatten_due(v, now):
@@ -462,6 +465,24 @@ class Watchdog:
             if v.pid is not None:
                 st.bot_pid = v.pid
 
+    def _note_store_fault(self, v: Verdict) -> None:
+        """The bot's heartbeat says state.db cannot commit (disk full...): it is in ``safe`` and
+        sends nothing; a person must make room. Alert once per episode."""
+        hb = self.checker.heartbeat
+        fault = hb.detail.get("store_fault") if hb is not None and hb.pid == v.pid else None
+        fault = str(fault)[:300] if fault else None
+        if fault and not self._store_fault:
+            msg = f"the bot is in safe mode: {fault}"
+            log.critical(msg)
+            recorder.record("watchdog.bot_store_fault", SOURCE, msg, severity="critical",
+                            critical=True, pid=v.pid)
+            self.alerter.send("bot_safe", msg, pid=v.pid, reason=fault)
+        elif self._store_fault and not fault and hb is not None and hb.pid == v.pid:
+            recorder.record("watchdog.bot_store_recovered", SOURCE, "the bot's state.db takes "
+                            "writes again", severity="warning", pid=v.pid)
+        if hb is not None and hb.pid == v.pid:
+            self._store_fault = fault
+
     def _alert_if_unhealthy(self, now: float) -> None:
         st = self.state
         if st.verdict in ("healthy", "starting", "emergency"):
@@ -490,7 +511,16 @@ class Watchdog:
             self._publish(now)
             due = now - self._saved_at >= STATE_REFRESH_S
             if force or due or key != self._saved_key or self._durable:
-                save_state(self.paths.watchdog_state, st, durable=self._durable)
+                try:
+                    save_state(self.paths.watchdog_state, st, durable=self._durable)
+                except OSError as e:  # disk full: supervision goes on; retried next check
+                    if self._save_error != str(e):
+                        self._save_error = str(e)
+                        log.error("watchdog.json not saved: %s", e)
+                        recorder.record("watchdog.state_not_saved", SOURCE, str(e),
+                                        severity="error")
+                    return
+                self._save_error = None
                 self._saved_at, self._saved_key, self._durable = now, key, False
 
 

@@ -34,7 +34,7 @@ import psutil
 
 from tradeguard.config import Config
 from tradeguard.exceptions import ManagerError
-from tradeguard.heartbeat import PidInfo, process_for, read_pidfile, verified_process
+from tradeguard.heartbeat import PidInfo, find_bot, process_for, read_heartbeat, read_pidfile
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,9 @@ class BotManager(ABC):
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
         info = pid_info or read_pidfile(self.cfg.runtime.pidfile)
-        if info is None:
-            return None
-        return verified_process(info, trusted_pid=mpid, expected=self.bot_command(),
-                                why=lambda why: log.warning("%s: not signalling it", why))
+        hb = read_heartbeat(self.cfg.runtime.heartbeat)
+        return find_bot(info, hb.pid if hb is not None else None, mpid, self.bot_command(),
+                        why=lambda why: log.warning("%s: not signalling it", why))[1]
 
     def _end(self, pid_info: PidInfo | None) -> str:
         proc = self._bot_process(pid_info)

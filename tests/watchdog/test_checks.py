@@ -209,7 +209,25 @@ def test_forged_pidfile_loses_to_the_managers_pid(data_dir, logs_dir, hbbot, str
 
 def test_forged_pidfile_without_a_manager_names_no_bot(data_dir, logs_dir, stranger):
     forge_pidfile(data_dir, stranger.pid)
-    write_heartbeat(data_dir / "bot.heartbeat", Heartbeat(stranger.pid, time.time(), 3, "running"))
     v = checker(data_dir, logs_dir).check()
     assert v.name == "crashed" and v.pid is None  # nothing to judge, nothing to signal
     assert "is not the bot" in v.evidence["reason"] and "sleep 60" in v.evidence["reason"]
+
+
+def test_forged_pidfile_without_a_manager_the_heartbeats_bot_is_judged(data_dir, logs_dir, hbbot,
+                                                                      stranger):
+    bot = hbbot()
+    c = checker(data_dir, logs_dir)
+    verdict_becomes(c, "healthy")
+    forge_pidfile(data_dir, stranger.pid)
+    for _ in range(15):  # longer than the heartbeat and progress timeouts
+        v = c.check()
+        assert v.name == "healthy" and v.pid == bot.pid, v
+        time.sleep(0.1)
+    assert "which is not the bot" in v.evidence["pidfile"]
+    os.kill(bot.pid, signal.SIGSTOP)  # the real bot hangs: it, not the stranger, is hung
+    try:
+        v = verdict_becomes(c, "hung")
+        assert v.pid == bot.pid
+    finally:
+        os.kill(bot.pid, signal.SIGCONT)

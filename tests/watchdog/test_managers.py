@@ -146,3 +146,24 @@ def test_systemd_restart_is_a_sigkill(make_cfg, data_dir, hbbot):
     assert said.startswith("SIGKILL")
     wait_until(lambda: pid_gone(bot.pid), 5)
     assert not (data_dir / "hbbot.sigterm").exists()
+
+
+def test_a_forged_pidfile_never_gets_a_stranger_signalled(make_cfg, data_dir):
+    """bot.pid naming a live stranger with its true start time (#16 A8): stop and restart find
+    no bot to end, and the stranger is untouched."""
+    from tradeguard.heartbeat import atomic_write_json
+
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        sp = psutil.Process(stranger.pid)
+        atomic_write_json(data_dir / "bot.pid", {"pid": sp.pid, "create_time": sp.create_time()})
+        for m in (StandaloneManager(make_cfg(), argv=hbbot_argv(data_dir)),
+                  SystemdManager(make_cfg(manager="systemd"))):
+            said = m.stop()
+            assert said.startswith("not running") and "none found" in said, said
+            assert stranger.poll() is None and sp.status() != psutil.STATUS_STOPPED
+        said = SystemdManager(make_cfg(manager="systemd")).restart(read_pidfile(data_dir / "bot.pid"))
+        assert said.startswith("not running") and stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

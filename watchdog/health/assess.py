@@ -34,7 +34,8 @@ def assess(snap: dict[str, Any], heartbeat_timeout_s: float) -> tuple[str, str]:
         return "hung", f"heartbeat {age:.1f}s old (timeout {heartbeat_timeout_s:g}s){stopped}"
     if bot["state"] != "running":
         return BOT_STATE_STATUS.get(bot["state"], bot["state"]), f"bot state {bot['state']}" + (
-            f" (degradation {snap['degradation']})" if snap.get("degradation") else "")
+            f" (degradation {snap['degradation']})" if snap.get("degradation") else "") + (
+            f": {snap['needs_attention']}" if snap.get("needs_attention") else "")
     if snap.get("degradation") not in (None, "running"):
         level = snap["degradation"]
         return BOT_STATE_STATUS.get(level, str(level)), f"degradation level {level}"
