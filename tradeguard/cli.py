@@ -26,6 +26,7 @@ COMMANDS = [
     ("status", "status"),
     ("bot", "bot"),
     ("watchdog_cmd", "watchdog"),
+    ("guard_cmd", "watchdog_guard"),
     ("chaos_cmd", "chaos"),
 ]
 

@@ -20,6 +20,11 @@ def assess(snap: dict[str, Any], heartbeat_timeout_s: float) -> tuple[str, str]:
     em = wd.get("emergency") or {}
     if wd.get("running") and (wd.get("verdict") == "emergency" or em.get("state") in ("running", "failed")):
         return "emergency", f"emergency {em.get('state', '?')}: {em.get('reason') or 'no reason given'}"
+    if wd.get("stale"):
+        age = wd.get("state_age_s")
+        return "watchdog_stale", (f"the watchdog (pid {wd.get('pid')}) has not refreshed its state "
+                                  f"for {age or 0:.0f}s: it is hung or stopped, nothing supervises "
+                                  "the bot")
     if wd.get("running") and wd.get("verdict") in WATCHDOG_FAULTS:
         return wd["verdict"], f"watchdog verdict {wd['verdict']} for {wd.get('verdict_age_s', 0):.1f}s"
     bot = snap["bot"]
