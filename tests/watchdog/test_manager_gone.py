@@ -3,11 +3,9 @@ stopped, and a forged pid file names a stranger while supervisord runs the bot."
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,7 +13,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers.fixtures_paper import start_paper_exchange
 from tests.helpers.proc import stop, wait_until
 from tests.watchdog.system import GuardedBot, supervisord
 from tests.watchdog.trading import balance, bot_buys, exchange_cfg
@@ -23,16 +20,6 @@ from tradeguard.heartbeat import atomic_write_json, read_heartbeat
 from watchdog.managers import is_dead
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def short_path_exchange():
-    """A paper exchange under a short path: supervisord's unix socket lives in its data dir."""
-    root = Path(tempfile.mkdtemp(prefix="tgmg-", dir="/tmp"))
-    px = start_paper_exchange(root)
-    yield px
-    px.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 class DeathWatch:
