@@ -214,10 +214,24 @@ class StandaloneManager(BotManager):
         log.info("started the bot (pid %d)", self._child.pid)
 
     def poll(self) -> None:
+        if self._child is not None and self._child.poll() is None and self._child_is_zombie():
+            try:  # Popen.poll() can miss an exited child; wait() reaps it for certain
+                self._child.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pass
         if self._child is not None and self._child.poll() is not None:
             self.last_exit = self._child.returncode
             log.info("bot pid %d exited with %s", self._child.pid, self.last_exit)
             self._child = None
+
+    def _child_is_zombie(self) -> bool:
+        assert self._child is not None
+        try:
+            return psutil.Process(self._child.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True  # reaped behind Popen's back: wait() records it
+        except psutil.AccessDenied:
+            return False
 
     def _child_alive(self) -> bool:
         self.poll()
