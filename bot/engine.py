@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from typing import Any, Callable
@@ -37,7 +38,9 @@ SOURCE = "bot"
 STRATEGY_KEY = "strategy.state"
 ARCHIVE_SLICE_S, ARCHIVE_IDLE_S = 0.05, 60.0  # retention: time per tick; pause when nothing is due
 FILLS_LOOKBACK_S = 86400.0  # startup: orders changed this long before the last pass may lack fills
+WRITE_PROBE_KEY = "bot.write_probe"  # rewritten while in safe for a failed commit: is it back?
 EXCHANGE_ERRORS = (ccxt.BaseError, CircuitOpenError, RetryBudgetExhausted, OSError)
+WATCHDOG = "watchdog"  # KillState.by of a kill switch the watchdog engaged
 
 
 class Bot:
@@ -77,6 +80,8 @@ class Bot:
         self._degraded_skips = 0
         self._strategy_failures = 0  # consecutive ticks the strategy raised
         self._strategy_error = ""
+        self._left_to_watchdog: float | None = None  # the watchdog flatten already logged
+        self.store_fault: str | None = None  # why state.db could not commit, while it cannot
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -138,6 +143,8 @@ class Bot:
             return None
         except Exception as e:  # noqa: BLE001 - see module docstring
             msg = describe(e)[:300]
+            if isinstance(e, sqlite3.Error):
+                self._commit_failed(name, e)
             exchange_side = isinstance(e, EXCHANGE_ERRORS)
             if not exchange_side:
                 self._faults[name] = msg  # not the exchange's doing: a person should look
@@ -202,11 +209,17 @@ class Bot:
             state = snap()
             if state is not None:
                 self.rt.store.kv_set(STRATEGY_KEY, state)
+        except sqlite3.Error as e:
+            self._commit_failed("strategy state", e)
         except Exception as e:  # noqa: BLE001
             log.warning("strategy state not saved: %s", e)
 
     # --- trading -------------------------------------------------------------------------
     def _trade(self, kill: Any, budget: Budget) -> None:
+        if self.store_fault is not None and not self._store_writable():
+            # safe: nothing is sent that could not first be recorded — no order, no cancel
+            self._step("market data", self.feed.refresh, budget)
+            return
         if kill is None and self.reconciler.pending():
             self.reconciler.adopt_exchange_truth()
             self._step("reconciliation", self._reconcile, budget)
@@ -216,7 +229,9 @@ class Bot:
         self._step("fills", self.orders.sync_fills, budget)
         kill = self.guard.check_daily_loss(kill)
         degradation = self.rt.manager.degradation(kill_state=kill)
-        if kill is not None:
+        if kill is not None and kill.mode == "flatten" and kill.by == WATCHDOG:
+            self._leave_flatten_to_watchdog(kill)
+        elif kill is not None:
             self._step("kill switch", self.guard.cancel_for, kill, budget)
             if kill.mode == "flatten":
                 self._step("flatten", self.guard.flatten, kill, budget)
@@ -239,6 +254,40 @@ class Bot:
             return
         if not self.archiver.step(time_limit_s=min(ARCHIVE_SLICE_S, budget.remaining())):
             self._archive_next = time.monotonic() + ARCHIVE_IDLE_S
+
+    def _commit_failed(self, step: str, e: sqlite3.Error) -> None:
+        """state.db could not commit (disk full, I/O error, read-only...): the bot goes ``safe``
+        until a write succeeds again."""
+        reason = f"state.db cannot commit ({step}): {e}"[:300]
+        if self.store_fault is None:
+            log.critical("%s; safe mode: no orders until state.db can be written", reason)
+            recorder.record("bot.store_fault", SOURCE, f"{reason}; safe mode until it can be "
+                            "written", severity="critical", critical=True, step=step)
+        self.store_fault = reason
+
+    def _store_writable(self) -> bool:
+        """One small committed write: does state.db take writes again?"""
+        try:
+            self.rt.store.kv_set(WRITE_PROBE_KEY, time.time())
+        except sqlite3.Error as e:
+            self.store_fault = f"state.db cannot commit: {e}"[:300]
+            return False
+        log.warning("state.db takes writes again (was: %s); leaving safe mode", self.store_fault)
+        recorder.record("bot.store_recovered", SOURCE, f"state.db takes writes again (was: "
+                        f"{self.store_fault})", severity="warning", critical=True)
+        self.store_fault = None
+        return True
+
+    def _leave_flatten_to_watchdog(self, kill: Any) -> None:
+        """Never two sellers: a flatten the watchdog engaged is the watchdog's to carry out (it
+        ends this bot first). The bot sends nothing — no sale, no cancel, no new order."""
+        if self._left_to_watchdog != kill.at:
+            self._left_to_watchdog = kill.at
+            log.warning("kill switch (flatten) engaged by the watchdog: no orders; the watchdog "
+                        "sells: %s", kill.reason)
+            recorder.record("bot.flatten_left_to_watchdog", SOURCE, "the watchdog carries out this "
+                            f"flatten; the bot sends nothing: {kill.reason}", severity="warning",
+                            critical=True)
 
     def _reconcile(self, budget: Budget) -> None:
         self.reconciler.run(budget)
@@ -302,6 +351,8 @@ class Bot:
             return "starting" if self.seq == 0 else "safe"
         kill = self.rt.killswitch.check()
         self.guard.note(kill)  # the heartbeat's kill_switch and state agree
+        if self.store_fault is not None:
+            return "safe"  # state.db cannot commit: nothing may be sent
         if self.reconciler.pending():
             return "safe"  # until the exchange's truth is adopted (after `tradeguard resume`)
         return self.rt.manager.degradation(kill_state=kill)
@@ -320,7 +371,7 @@ class Bot:
             attention = self._step_errors.get("recovery") and \
                 f"startup recovery pending: {self._step_errors['recovery']}"
         else:
-            attention = self.reconciler.attention() or "; ".join(
+            attention = self.store_fault or self.reconciler.attention() or "; ".join(
                 f"{step} failing: {msg}" for step, msg in self._faults.items())
             attention = "; ".join(filter(None, (attention, self._strategy_attention())))
         return {
@@ -329,6 +380,7 @@ class Bot:
             "open_orders": len(self.orders.live_orders()), "kill_switch": self.guard.mode,
             "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
             "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
+            "store_fault": self.store_fault,
         }
 
     def _pnl_detail(self) -> dict[str, Any]:

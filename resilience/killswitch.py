@@ -148,12 +148,13 @@ class KillSwitch:
         return KillState(HALT, UNREADABLE_REASON, at, "file", "unknown")
 
     # --- writing -----------------------------------------------------------------------------
-    def engage(self, mode: str, reason: str, by: str = "cli") -> KillState:
+    def engage(self, mode: str, reason: str, by: str = "cli", take_over: bool = False) -> KillState:
         """Engage the file kill switch; return the state now in force in the file.
 
         Never downgrades: ``halt`` over an engaged ``flatten`` leaves the file as it is, and an
-        engagement in the same mode keeps its first reason. A halt over an unreadable file
-        replaces it with a readable one.
+        engagement in the same mode keeps its first reason — unless ``take_over`` (the watchdog
+        carrying out a flatten a person engaged: the file then says who sells). A halt over an
+        unreadable file replaces it with a readable one.
         """
         if mode not in MODES:
             raise ValueError(f"kill switch mode must be 'halt' or 'flatten', not {mode!r}")
@@ -161,7 +162,8 @@ class KillSwitch:
             raise ValueError("a kill switch needs a non-empty reason")
         current = self.file_state()
         if current is not None and current.reason != UNREADABLE_REASON \
-                and _STRENGTH[current.mode] >= _STRENGTH[mode]:
+                and _STRENGTH[current.mode] >= _STRENGTH[mode] \
+                and not (take_over and current.mode == mode and current.by != by):
             return current
         state = KillState(mode, reason.strip(), time.time(), "file", by)
         self.kill_file.parent.mkdir(parents=True, exist_ok=True)

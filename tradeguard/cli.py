@@ -29,6 +29,7 @@ COMMANDS = [
     ("trades", "trades"),
     ("bot", "bot"),
     ("watchdog_cmd", "watchdog"),
+    ("guard_cmd", "watchdog_guard"),
     ("chaos_cmd", "chaos"),
 ]
 

@@ -7,7 +7,9 @@ kept in ``data/supervisor/rpc.json``, 0600, for the watchdog). Programs:
 * ``paper-exchange`` (only when ``[exchange] id = "paper"``), restarted by supervisord;
 * ``bot`` with ``autorestart=false``: the watchdog is the only one that restarts it, so every
   restart counts against its restart budget and a crash loop ends in an emergency flatten;
-* ``watchdog`` with ``autorestart=true``.
+* ``watchdog`` with ``autorestart=true``;
+* the event listener ``watchdog-guard`` (with the watchdog): replaces a watchdog that hangs
+  (its ``watchdog.json`` stops changing), which supervisord alone would never notice.
 
 Their console output is passed through to supervisord's stdout, so ``make run`` shows the bot
 trading; each process also writes its JSON-lines log in the logs dir.
@@ -123,12 +125,36 @@ def write_supervisord_conf(cfg: Config, programs: Iterable[str] | None = None,
         if extra:
             pairs = ",".join(f"{k}={_supervisor_quote(v)}" for k, v in sorted(extra.items()))
             lines.append(f"environment={pairs}")
+    lines += _watchdog_guard_lines(tg, common, programs, extra)
     conf = paths.supervisord_conf
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     os.chmod(conf, 0o600)
     return conf
+
+
+GUARD_COMMAND = "watchdog-guard"
+
+
+def _watchdog_guard_lines(tg: str, common: list[str], programs: tuple[str, ...],
+                          env: Mapping[str, str]) -> list[str]:
+    """``[eventlistener:watchdog-guard]``: on every TICK_5 it checks that the watchdog still
+    refreshes watchdog.json and replaces a hung one (:mod:`tradeguard.watchdog_guard`).
+    Stopped first on shutdown (highest priority), so it never restarts a watchdog being stopped."""
+    from tradeguard.cli import cli
+
+    if "watchdog" not in programs or GUARD_COMMAND not in cli.commands:
+        return []
+    cmd = " ".join(shlex.quote(a) for a in [tg, GUARD_COMMAND, *common])
+    lines = ["", f"[eventlistener:{GUARD_COMMAND}]", f"command={cmd}", f"directory={Path.cwd()}",
+             "events=TICK_5", "autostart=true", "autorestart=true", "startsecs=1",
+             "priority=40", "stopsignal=TERM", "stopwaitsecs=1", "buffer_size=10",
+             "stderr_logfile=/dev/stdout", "stderr_logfile_maxbytes=0"]
+    if env:
+        lines.append("environment=" + ",".join(f"{k}={_supervisor_quote(v)}"
+                                                for k, v in sorted(env.items())))
+    return lines
 
 
 def _supervisor_quote(value: object) -> str:

@@ -45,13 +45,14 @@ log = logging.getLogger(__name__)
 SOURCE = "watchdog"
 EVENTS = ("restart", "budget_spent", "emergency_started", "emergency_finished",
           "emergency_failed", "kill_engaged", "unhealthy", "needs_attention", "attention_cleared",
-          "daily_summary")
+          "daily_summary", "bot_safe", "watchdog_replaced")
 SEVERITIES = ("info", "warning", "error", "critical")
 # Used when the caller does not say: what a person woken at night should expect.
 EVENT_SEVERITY = {"restart": "warning", "unhealthy": "warning", "kill_engaged": "critical",
                   "budget_spent": "critical", "emergency_started": "critical",
                   "emergency_finished": "warning", "emergency_failed": "critical",
-                  "needs_attention": "error", "attention_cleared": "info", "daily_summary": "info"}
+                  "needs_attention": "error", "attention_cleared": "info", "daily_summary": "info",
+                  "bot_safe": "critical", "watchdog_replaced": "critical"}
 SMTP_PASSWORD_CREDENTIAL = "smtp.password"
 SMTP_PASSWORD_ENV = "TRADEGUARD_SMTP_PASSWORD"
 DISCORD_CONTENT_MAX = 2000

@@ -87,7 +87,7 @@ class Watchdog:
     def __init__(self, cfg: Config, manager: BotManager, alerter: Any):
         self.cfg, self.wcfg, self.paths = cfg, cfg.watchdog, cfg.runtime
         self.manager, self.alerter = manager, alerter
-        self.checker = BotChecker(self.paths, self.wcfg, manager.current_pid)
+        self.checker = BotChecker(self.paths, self.wcfg, manager.current_pid, manager.bot_command())
         self.killswitch = KillSwitch(self.paths.kill_file)
         self.stop_event = threading.Event()
         self.state = WatchdogState(pid=os.getpid(), manager=manager.name,
@@ -108,7 +108,9 @@ class Watchdog:
         self._unhealthy_alerted = False
         self.attention = AttentionWatch(self.paths.heartbeat, alerter)
         self.summary = DailySummary(cfg, alerter)
+        self._store_fault: str | None = None  # the bot said state.db cannot commit
         self._saved_at = 0.0
+        self._save_error: str | None = None
         self._saved_key: tuple = ()
         self._snapshot: dict[str, Any] = {}
         self._durable = False
@@ -147,6 +149,7 @@ class Watchdog:
         kill = self.killswitch.check()
         self._note_kill(kill, now)
         v = self.checker.check(now)
+        self._note_store_fault(v)
         if self.state.emergency.state != "none":
             reported = self._during_emergency(v, kill, now)
         elif kill is not None and kill.mode == "flatten" and self._flatten_due(v, now):
@@ -379,19 +382,27 @@ class Watchdog:
         """Worker thread: kill switch, stop the bot, flatten; then publish the outcome."""
         killswitch = KillSwitch(self.paths.kill_file)  # its own: the main thread keeps checking
         current = killswitch.check()
-        if current is None or current.mode != "flatten":
-            killswitch.engage("flatten", reason, by="watchdog")
+        if current is None or current.mode != "flatten" or current.by != SOURCE:
+            # Marked as the watchdog's: a bot still alive leaves the selling to it (never two
+            # sellers) — also when a person engaged the flatten and the watchdog takes it over.
+            taken = (f" (taking over the flatten engaged by {current.by}: {current.reason})"
+                     if current is not None and current.mode == "flatten" else "")
+            killswitch.engage("flatten", f"{reason}{taken}"[:500], by=SOURCE, take_over=True)
         try:
+            # returns only once the bot is proven dead (never two sellers)
             how = self.manager.stop()
-            recorder.record("emergency.bot_stopped", SOURCE, f"bot stopped: {how}",
-                            critical=True, manager=self.manager.name)
-            stopped = True
         except TradeguardError as e:
-            log.error("could not stop the bot through %s: %s", self.manager.name, e)
+            log.error("could not prove the bot dead through %s: %s", self.manager.name, e)
             recorder.record("emergency.bot_stop_failed", SOURCE, str(e), severity="error",
                             critical=True)
-            stopped = False
-        result = flatten(self.cfg, reason, stop=self.stop_event, bot_stopped=stopped)
+            # Nothing is sold while the bot may still run; the emergency is retried after
+            # emergency_timeout_s (the stop first).
+            result = FlattenResult.failed(f"the bot could not be proven dead: {e}", reason)
+            self._emergency_finished(result)
+            return result
+        recorder.record("emergency.bot_stopped", SOURCE, f"bot stopped: {how}",
+                        critical=True, manager=self.manager.name)
+        result = flatten(self.cfg, reason, stop=self.stop_event, bot_stopped=True)
         self._emergency_finished(result)
         return result
 
@@ -467,6 +478,24 @@ class Watchdog:
             if v.pid is not None:
                 st.bot_pid = v.pid
 
+    def _note_store_fault(self, v: Verdict) -> None:
+        """The bot's heartbeat says state.db cannot commit (disk full...): it is in ``safe`` and
+        sends nothing; a person must make room. Alert once per episode."""
+        hb = self.checker.heartbeat
+        fault = hb.detail.get("store_fault") if hb is not None and hb.pid == v.pid else None
+        fault = str(fault)[:300] if fault else None
+        if fault and not self._store_fault:
+            msg = f"the bot is in safe mode: {fault}"
+            log.critical(msg)
+            recorder.record("watchdog.bot_store_fault", SOURCE, msg, severity="critical",
+                            critical=True, pid=v.pid)
+            self.alerter.send("bot_safe", msg, pid=v.pid, reason=fault)
+        elif self._store_fault and not fault and hb is not None and hb.pid == v.pid:
+            recorder.record("watchdog.bot_store_recovered", SOURCE, "the bot's state.db takes "
+                            "writes again", severity="warning", pid=v.pid)
+        if hb is not None and hb.pid == v.pid:
+            self._store_fault = fault
+
     def _alert_if_unhealthy(self, now: float) -> None:
         st = self.state
         if st.verdict in ("healthy", "starting", "emergency"):
@@ -495,7 +524,16 @@ class Watchdog:
             self._publish(now)
             due = now - self._saved_at >= STATE_REFRESH_S
             if force or due or key != self._saved_key or self._durable:
-                save_state(self.paths.watchdog_state, st, durable=self._durable)
+                try:
+                    save_state(self.paths.watchdog_state, st, durable=self._durable)
+                except OSError as e:  # disk full: supervision goes on; retried next check
+                    if self._save_error != str(e):
+                        self._save_error = str(e)
+                        log.error("watchdog.json not saved: %s", e)
+                        recorder.record("watchdog.state_not_saved", SOURCE, str(e),
+                                        severity="error")
+                    return
+                self._save_error = None
                 self._saved_at, self._saved_key, self._durable = now, key, False
 
 

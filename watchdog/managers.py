@@ -5,6 +5,15 @@ still there, then bring a new one up), ``stop()`` (end it so that it stays down)
 ``is_running()``, ``current_pid()`` and ``poll()`` (reap children). Ending a process is
 SIGTERM, then SIGKILL after ``kill_grace_s``; a stopped (SIGSTOPped) process cannot handle
 SIGTERM until continued, so it gets SIGKILL at once.
+
+Only the bot is ever signalled: the process its manager reports, or a pid from ``bot.pid`` that
+is verified to be the bot (start time and command line,
+:func:`tradeguard.heartbeat.verified_process`) — never a stranger a forged pid file names.
+
+``stop()`` is the emergency's gate: it returns only once every bot process it found is proven
+dead (gone, or a zombie: a zombie executes nothing), and raises :class:`ManagerError` otherwise.
+When the manager does not answer (supervisord killed, systemctl refused), it does not give up
+before anything is signalled: it ends the verified bot itself.
 """
 from __future__ import annotations
 
@@ -19,13 +28,13 @@ import time
 import xmlrpc.client
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import psutil
 
 from tradeguard.config import Config
 from tradeguard.exceptions import ManagerError
-from tradeguard.heartbeat import PidInfo, process_for, read_pidfile
+from tradeguard.heartbeat import PidInfo, find_bot, process_for, read_heartbeat, read_pidfile
 from watchdog import consolelog
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,8 @@ _STOPPED_STATES = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
 
 def end_process(proc: psutil.Process, grace_s: float) -> str:
-    """End ``proc``: SIGTERM, SIGKILL after ``grace_s`` (at once if it is stopped). Says how."""
+    """End ``proc``: SIGTERM, SIGKILL after ``grace_s`` (at once if it is stopped). Says how;
+    returns only once it is gone or a zombie, else raises :class:`ManagerError`."""
     try:
         stopped = proc.status() in _STOPPED_STATES
         if stopped:
@@ -45,17 +55,45 @@ def end_process(proc: psutil.Process, grace_s: float) -> str:
         else:
             proc.terminate()
             how = "SIGTERM"
-        try:
-            proc.wait(grace_s if not stopped else 5.0)
-            return how
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(5.0)
-            return f"SIGKILL after {grace_s}s"
     except psutil.NoSuchProcess:
         return "already gone"
-    except psutil.TimeoutExpired:
-        raise ManagerError(f"pid {proc.pid} survived SIGKILL") from None
+    if wait_dead(proc, grace_s if not stopped else 5.0):
+        return how
+    try:
+        proc.kill()
+    except psutil.NoSuchProcess:
+        pass
+    if not wait_dead(proc, 5.0):
+        raise ManagerError(f"pid {proc.pid} survived SIGKILL")
+    return f"SIGKILL after {grace_s}s"
+
+
+def is_dead(proc: psutil.Process) -> bool:
+    """``proc`` executes nothing any more: gone (or its PID reused), or a zombie."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def wait_dead(proc: psutil.Process, timeout: float) -> bool:
+    """Wait up to ``timeout`` for :func:`is_dead`; reaps ``proc`` if it is our child."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(0)  # reaps a child of ours; a no-op test for any other process
+            return True
+        except psutil.TimeoutExpired:
+            pass
+        except psutil.NoSuchProcess:
+            return True
+        if is_dead(proc):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 class BotManager(ABC):
@@ -63,12 +101,29 @@ class BotManager(ABC):
 
     name = ""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, bot_command: Sequence[str] | None = None):
         self.cfg = cfg
+        self._bot_command = list(bot_command) if bot_command else None
+
+    def bot_command(self) -> list[str] | None:
+        """The command line the bot runs with, when it is not ``tradeguard ... bot``."""
+        return self._bot_command
 
     def _bot_process(self, pid_info: PidInfo | None = None) -> psutil.Process | None:
+        """The bot: the process the manager reports, else the verified process of the pid
+        file (or ``pid_info``); never a stranger the pid file names."""
+        mpid = self.current_pid()
+        if mpid is not None:
+            try:
+                mproc = psutil.Process(mpid)
+                if mproc.status() != psutil.STATUS_ZOMBIE:
+                    return mproc
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
         info = pid_info or read_pidfile(self.cfg.runtime.pidfile)
-        return process_for(info) if info else None
+        hb = read_heartbeat(self.cfg.runtime.heartbeat)
+        return find_bot(info, hb.pid if hb is not None else None, mpid, self.bot_command(),
+                        why=lambda why: log.warning("%s: not signalling it", why))[1]
 
     def _end(self, pid_info: PidInfo | None) -> str:
         proc = self._bot_process(pid_info)
@@ -78,9 +133,30 @@ class BotManager(ABC):
     def restart(self, pid_info: PidInfo | None) -> str:
         """End the faulty bot if it is still there and have a new one started; says how."""
 
-    @abstractmethod
     def stop(self) -> str:
-        """End the bot so that it stays down; says how."""
+        """End the bot so that it stays down; says how. Returns only once every bot process
+        found before is proven dead (gone or a zombie) and no other bot runs; raises
+        :class:`ManagerError` otherwise. The emergency sells nothing before this returns."""
+        victims = [p for p in (self._bot_process(),) if p is not None]
+        try:
+            how = self._stop_bot()
+        except ManagerError as e:
+            # the manager does not answer: end the verified bot directly rather than not at all
+            log.error("%s; ending the bot with signals", e)
+            how = f"{e}; {self._end(None)}"
+        grace = self.cfg.watchdog.kill_grace_s
+        for proc in victims:
+            if not wait_dead(proc, grace + 5.0):
+                how += f"; {end_process(proc, grace)} (pid {proc.pid} outlived the stop)"
+        left = self._bot_process()
+        if left is not None and not is_dead(left):
+            raise ManagerError(f"a bot process (pid {left.pid}) still runs after the stop")
+        pids = ", ".join(str(p.pid) for p in victims) or "none found"
+        return f"{how}; bot dead (pid {pids})"
+
+    @abstractmethod
+    def _stop_bot(self) -> str:
+        """The manager's own way of ending the bot so that it stays down; says how."""
 
     @abstractmethod
     def start(self) -> None:
@@ -91,7 +167,8 @@ class BotManager(ABC):
         """The manager has a live bot process (or is bringing one up)."""
 
     def current_pid(self) -> int | None:
-        """The bot's pid as the manager knows it (before the bot writes its pid file)."""
+        """The bot's pid as the manager knows it (before the bot writes its pid file); None
+        when it does not know or does not answer."""
         return None
 
     def poll(self) -> None:
@@ -109,7 +186,7 @@ class StandaloneManager(BotManager):
 
     def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None,
                  argv: list[str] | None = None):
-        super().__init__(cfg)
+        super().__init__(cfg, argv)
         self.environ = dict(os.environ if environ is None else environ)
         self._argv = argv
         self._child: subprocess.Popen | None = None
@@ -142,10 +219,24 @@ class StandaloneManager(BotManager):
 
     def poll(self) -> None:
         consolelog.bound(self.cfg.runtime.logs_dir / "bot.console.log")
+        if self._child is not None and self._child.poll() is None and self._child_is_zombie():
+            try:  # Popen.poll() can miss an exited child; wait() reaps it for certain
+                self._child.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pass
         if self._child is not None and self._child.poll() is not None:
             self.last_exit = self._child.returncode
             log.info("bot pid %d exited with %s", self._child.pid, self.last_exit)
             self._child = None
+
+    def _child_is_zombie(self) -> bool:
+        assert self._child is not None
+        try:
+            return psutil.Process(self._child.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True  # reaped behind Popen's back: wait() records it
+        except psutil.AccessDenied:
+            return False
 
     def _child_alive(self) -> bool:
         self.poll()
@@ -156,6 +247,9 @@ class StandaloneManager(BotManager):
 
     def current_pid(self) -> int | None:
         return self._child.pid if self._child_alive() else None
+
+    def bot_command(self) -> list[str] | None:
+        return self.argv()
 
     def _end_all(self, pid_info: PidInfo | None) -> str:
         how = self._end(pid_info)
@@ -169,7 +263,7 @@ class StandaloneManager(BotManager):
         self.start()
         return f"{how}; started a new bot"
 
-    def stop(self) -> str:
+    def _stop_bot(self) -> str:
         return self._end_all(None)
 
 
@@ -182,8 +276,9 @@ class SupervisorManager(BotManager):
     name = "supervisor"
     RUNNING = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
-    def __init__(self, cfg: Config, program: str = SUPERVISOR_PROGRAM):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, program: str = SUPERVISOR_PROGRAM,
+                 bot_command: Sequence[str] | None = None):
+        super().__init__(cfg, bot_command)
         self.program = program
         self._proxy: Any = None
         self._lock = threading.Lock()  # one XML-RPC connection; the emergency thread shares it
@@ -265,14 +360,18 @@ class SupervisorManager(BotManager):
         return how
 
     def restart(self, pid_info: PidInfo | None) -> str:
-        info = self.info()
+        try:
+            info = self.info()
+        except ManagerError as e:
+            # supervisord is gone: it cannot start a new bot, but the faulty one is ended anyway
+            raise ManagerError(f"{e}; {self._end(pid_info)}; no new bot started") from None
         if info["statename"] in self.RUNNING and pid_info is not None and info["pid"] != pid_info.pid:
             return f"supervisord already runs a new bot (pid {info['pid']})"
         how = self._stop(pid_info)
         self.start()
         return f"{how}; supervisord startProcess({self.program})"
 
-    def stop(self) -> str:
+    def _stop_bot(self) -> str:
         return self._stop(None)
 
 
@@ -288,8 +387,9 @@ class SystemdManager(BotManager):
 
     name = "systemd"
 
-    def __init__(self, cfg: Config, unit: str = SYSTEMD_UNIT):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, unit: str = SYSTEMD_UNIT,
+                 bot_command: Sequence[str] | None = None):
+        super().__init__(cfg, bot_command)
         self.unit = unit
 
     def _systemctl(self, *args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
@@ -312,7 +412,7 @@ class SystemdManager(BotManager):
             raise ManagerError(f"pid {proc.pid} survived SIGKILL") from None
         return "SIGKILL; systemd restarts it (Restart=on-failure)"
 
-    def stop(self) -> str:
+    def _stop_bot(self) -> str:
         r = self._systemctl("stop", self.unit, timeout=self.cfg.watchdog.kill_grace_s + 30)
         if r.returncode == 0:
             return f"systemctl stop {self.unit}"

@@ -160,3 +160,32 @@ def test_the_order_rate_limit_survives_a_restart(bot_factory, tmp_path):
     bot.wait_state("running")
     bot.wait_ticks(5)
     assert len(_orders(bot)) == 3
+
+
+def _engage(bot, mode: str, reason: str, by: str) -> None:
+    """The kill file as ``tradeguard kill`` (by "cli") or the watchdog (by "watchdog") writes it."""
+    from resilience.killswitch import KillSwitch
+
+    KillSwitch(bot.paths.kill_file).engage(mode, reason, by=by)
+
+
+def test_a_flatten_the_watchdog_engaged_is_left_to_the_watchdog(bot_factory):
+    """Never two sellers (#16): the bot does not sell on a watchdog's flatten; it sends nothing.
+    The same flatten engaged by a person is carried out by the healthy bot."""
+    bot = bot_factory(strategy_params={"interval_s": 0.2, "limit_probability": 0.0})
+    bot.wait_state("running")
+    wait_until(lambda: _base_total(bot, "BTC") > 0, 20, message="a BTC position")
+    _engage(bot, "flatten", "emergency: restart budget spent", by="watchdog")
+    engaged_ms = time.time() * 1000
+    hb = bot.wait_state("safe")
+    assert hb.detail["kill_switch"] == "flatten"
+    bot.wait_ticks(10)
+    held = _base_total(bot, "BTC")
+    late = [o for o in _orders(bot) if o["time"] > engaged_ms + 900]
+    assert late == [] and held > 0, f"the bot traded on the watchdog's flatten: {late}"
+    assert bot.heartbeat().detail["positions"]["BTC/USDT"] > 0
+
+    bot.kill_switch("flatten", "the owner flattens")  # the file rewritten by a person: the bot sells
+    wait_until(lambda: _base_total(bot, "BTC") == 0, 15, message="the bot flattened")
+    sells = [o for o in _orders(bot) if o["side"] == "SELL" and o["time"] > engaged_ms + 900]
+    assert sells

@@ -122,3 +122,18 @@ def webhook() -> Iterator[WebhookReceiver]:
     r = WebhookReceiver()
     yield r
     r.close()
+
+
+@pytest.fixture
+def short_path_exchange():
+    """A paper exchange under a short path: supervisord's unix socket lives in its data dir."""
+    import shutil
+    import tempfile
+
+    from tests.helpers.fixtures_paper import start_paper_exchange
+
+    root = Path(tempfile.mkdtemp(prefix="tgwd-", dir="/tmp"))
+    px = start_paper_exchange(root)
+    yield px
+    px.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -190,6 +190,11 @@ def test_flatten_kill_switch_on_an_unresponsive_bot_is_carried_out(loop, paper_e
     st = lp.state()
     assert "kill switch (flatten)" in st["emergency"]["reason"]
     assert pid_gone(pid) and st["restarts_total"] == 0
+    # the watchdog took the person's flatten over: the file says who sells (a bot brought back
+    # by hand leaves the selling to the watchdog)
+    kill = KillSwitch(lp.cfg.runtime.kill_file).check()
+    assert kill.mode == "flatten" and kill.by == "watchdog"
+    assert "taking over the flatten engaged by test: test: by hand" in kill.reason
 
 
 def test_healthy_bot_that_does_not_flatten_in_time_is_flattened_for(paper_exchange):

@@ -66,7 +66,7 @@ def test_standalone_starts_restarts_and_stops_in_own_session(make_cfg, data_dir)
     # a second watchdog adopts the running bot through bot.pid and can stop it
     other = StandaloneManager(cfg, env, argv=hbbot_argv(data_dir))
     assert other.is_running() and other.current_pid() is None
-    assert other.stop() == "SIGTERM"
+    assert other.stop().startswith("SIGTERM")
     wait_until(lambda: pid_gone(pid2), 5)
     m.poll()
     assert not m.is_running()
@@ -117,7 +117,7 @@ def test_supervisor_restart_and_stop(supervised_hbbot, data_dir):
     assert m.restart(read_pidfile(data_dir / "bot.pid")).startswith("SIGKILL (process was stopped)")
     pid3 = new_pid(data_dir, not_pid=pid2)
     assert pid_gone(pid2)
-    assert m.stop() in ("SIGTERM", "already gone")
+    assert m.stop().startswith(("SIGTERM", "already gone"))
     assert m.info()["statename"] == "STOPPED" and pid_gone(pid3)
     m.start()
     wait_until(m.is_running, 5)
@@ -141,7 +141,29 @@ def test_systemd_restart_is_a_sigkill(make_cfg, data_dir, hbbot):
     systemd's eyes, so Restart=on-failure starts a new bot; a SIGTERM would not)."""
     bot = hbbot()
     new_pid(data_dir)
-    said = SystemdManager(make_cfg(manager="systemd")).restart(read_pidfile(data_dir / "bot.pid"))
+    said = SystemdManager(make_cfg(manager="systemd"), bot_command=hbbot_argv(data_dir)
+                          ).restart(read_pidfile(data_dir / "bot.pid"))
     assert said.startswith("SIGKILL")
     wait_until(lambda: pid_gone(bot.pid), 5)
     assert not (data_dir / "hbbot.sigterm").exists()
+
+
+def test_a_forged_pidfile_never_gets_a_stranger_signalled(make_cfg, data_dir):
+    """bot.pid naming a live stranger with its true start time (#16 A8): stop and restart find
+    no bot to end, and the stranger is untouched."""
+    from tradeguard.heartbeat import atomic_write_json
+
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        sp = psutil.Process(stranger.pid)
+        atomic_write_json(data_dir / "bot.pid", {"pid": sp.pid, "create_time": sp.create_time()})
+        for m in (StandaloneManager(make_cfg(), argv=hbbot_argv(data_dir)),
+                  SystemdManager(make_cfg(manager="systemd"))):
+            said = m.stop()
+            assert said.startswith("not running") and "none found" in said, said
+            assert stranger.poll() is None and sp.status() != psutil.STATUS_STOPPED
+        said = SystemdManager(make_cfg(manager="systemd")).restart(read_pidfile(data_dir / "bot.pid"))
+        assert said.startswith("not running") and stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

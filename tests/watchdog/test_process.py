@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
-from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.helpers.fixtures_paper import start_paper_exchange
 from tests.helpers.proc import free_port, run_cli, spawn, stop, wait_until
 from tests.watchdog.system import GuardedBot, supervisord
 from tests.watchdog.trading import balance, bot_buys, exchange_cfg, ledger_orders
@@ -72,16 +68,6 @@ def test_standalone_restart_reattach_and_clean_exit(guarded):
     hb = read_heartbeat(g.px.data_dir / "bot.heartbeat")
     wait_until(lambda: (h := read_heartbeat(g.px.data_dir / "bot.heartbeat")) and h.seq > hb.seq, 5,
                message="the bot still looping")
-
-
-@pytest.fixture
-def short_path_exchange():
-    """A paper exchange under a short path: supervisord's unix socket lives in its data dir."""
-    root = Path(tempfile.mkdtemp(prefix="tgwd-", dir="/tmp"))
-    px = start_paper_exchange(root)
-    yield px
-    px.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_supervisor_restarts_crashed_and_hung_bots(short_path_exchange):

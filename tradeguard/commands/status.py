@@ -78,6 +78,10 @@ def _bot_line(bot: dict[str, Any]) -> str:
 
 
 def _watchdog_line(wd: dict[str, Any]) -> str:
+    if wd.get("stale"):
+        return (f"STALE: pid {wd.get('pid')} has not refreshed its state for "
+                f"{_ago(wd.get('state_age_s'))} (hung or stopped): nothing restarts the bot or "
+                "flattens it in an emergency")
     if not wd.get("running"):
         return "NOT RUNNING: nothing restarts the bot or flattens it in an emergency"
     line = (f"{wd.get('verdict')} for {_ago(wd.get('verdict_age_s'))}  ({wd.get('manager')}, "

@@ -20,6 +20,11 @@ def assess(snap: dict[str, Any], heartbeat_timeout_s: float) -> tuple[str, str]:
     em = wd.get("emergency") or {}
     if wd.get("running") and (wd.get("verdict") == "emergency" or em.get("state") in ("running", "failed")):
         return "emergency", f"emergency {em.get('state', '?')}: {em.get('reason') or 'no reason given'}"
+    if wd.get("stale"):
+        age = wd.get("state_age_s")
+        return "watchdog_stale", (f"the watchdog (pid {wd.get('pid')}) has not refreshed its state "
+                                  f"for {age or 0:.0f}s: it is hung or stopped, nothing supervises "
+                                  "the bot")
     if wd.get("running") and wd.get("verdict") in WATCHDOG_FAULTS:
         return wd["verdict"], f"watchdog verdict {wd['verdict']} for {wd.get('verdict_age_s', 0):.1f}s"
     bot = snap["bot"]
@@ -34,7 +39,8 @@ def assess(snap: dict[str, Any], heartbeat_timeout_s: float) -> tuple[str, str]:
         return "hung", f"heartbeat {age:.1f}s old (timeout {heartbeat_timeout_s:g}s){stopped}"
     if bot["state"] != "running":
         return BOT_STATE_STATUS.get(bot["state"], bot["state"]), f"bot state {bot['state']}" + (
-            f" (degradation {snap['degradation']})" if snap.get("degradation") else "")
+            f" (degradation {snap['degradation']})" if snap.get("degradation") else "") + (
+            f": {snap['needs_attention']}" if snap.get("needs_attention") else "")
     if snap.get("degradation") not in (None, "running"):
         level = snap["degradation"]
         return BOT_STATE_STATUS.get(level, str(level)), f"degradation level {level}"

@@ -137,7 +137,7 @@ def _bot(hb: Heartbeat | None, pid_info: PidInfo | None, proc: psutil.Process | 
 # --- watchdog -------------------------------------------------------------------------------
 def _watchdog(live: dict[str, Any] | None, path: Path, now: float) -> dict[str, Any]:
     if live is not None:
-        raw, running = live, True
+        raw, running, ts = live, True, now  # served by the watchdog itself
     else:
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -148,11 +148,14 @@ def _watchdog(live: dict[str, Any] | None, path: Path, now: float) -> dict[str, 
         ts = _number(raw.get("ts")) or 0.0
         pid = raw.get("pid")
         running = now - ts <= WATCHDOG_STALE_S and isinstance(pid, int) and psutil.pid_exists(pid)
+    stale = not running and _alive(raw.get("pid")) and now - ts > WATCHDOG_STALE_S
     window = _number(raw.get("restart_window_s")) or 0.0
     restarts = [t for t in raw.get("restarts") or [] if isinstance(t, (int, float))]
     since = _number(raw.get("since"))
     return {
         "running": running,
+        # the watchdog process is there but its state stopped refreshing: hung or SIGSTOPped
+        "stale": stale,
         "pid": raw.get("pid"),
         "manager": _text(raw.get("manager")),
         "verdict": _text(raw.get("verdict")),
@@ -170,6 +173,15 @@ def _watchdog(live: dict[str, Any] | None, path: Path, now: float) -> dict[str, 
         "emergency_actions_total": int(_number(raw.get("emergency_actions_total")) or 0),
         "state_age_s": round(now - _number(raw.get("ts")), 3) if _number(raw.get("ts")) else None,
     }
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 # --- kill switch ------------------------------------------------------------------------------
