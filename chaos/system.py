@@ -30,6 +30,9 @@ port = {paper_port}
 tick_s = 0.2
 volatility = 0.002
 seed = {seed}
+# as unkind as the venue: ids reusable once closed (the default), orders invisible for a moment
+# after they are accepted, a book with varying depth (partial fills), Binance's rate limits
+visibility_lag_s = 0.3
 
 [bot]
 loop_interval_s = 0.25
