@@ -36,6 +36,7 @@ LAST_KEY = "reconcile.last"
 # so a longer look-back costs request weight and memory at every pass, for nothing.
 MARGIN_S = 120.0
 POSITION_TOL = 1e-9
+MARGIN_VISIBLE_S = 2.0  # beyond [bot] unknown_grace_s, before an acknowledged order must show
 
 
 class Reconciler:
@@ -111,6 +112,8 @@ class Reconciler:
             if ex is not None:
                 self.orders.apply(o, ex, "reconcile: fetched by client order id")
                 rep.updated_orders.append(o.client_order_id)
+            elif self.rt.clock() - o.updated_at < self.rt.cfg.bot.unknown_grace_s + MARGIN_VISIBLE_S:
+                continue  # acknowledged moments ago: venues show new orders late (eventual visibility)
             else:
                 rep.problems.append({"kind": "order", "client_order_id": o.client_order_id,
                                      "symbol": symbol, "what": f"order {o.client_order_id} is OPEN in "

@@ -11,6 +11,7 @@ Version history:
   3. work in hand, not history: ``counters`` (rows per table and orders per state, kept by
      triggers as rows change, so nothing recounts the history) and the indexes the hot paths and
      the archiver use (orders by state and age, by creation time; transitions by order).
+  4. ``fees``: fees paid per symbol and currency, kept by a trigger as fills arrive.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ ENCRYPTED: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("kv", ("key",), ("value",)),
     ("transitions", ("id",), ("note",)),
 )
-TABLES = ("meta", "sequences", "orders", "fills", "positions", "kv", "transitions", "counters")
+TABLES = ("meta", "sequences", "orders", "fills", "positions", "kv", "transitions", "counters",
+          "fees")
 COUNTED = ("orders", "fills", "transitions")  # counters: "<table>" and "orders.<STATE>"
 
 
@@ -127,8 +129,25 @@ def _v3_counters_and_history_indexes(db: Database) -> None:
     db["transitions"].create_index(["client_order_id"])
 
 
+def _v4_fee_totals(db: Database) -> None:
+    # Fees paid per symbol and currency, kept as fills arrive (the P&L views read them on every
+    # health snapshot: a sum over fills would read the whole history). Archiving a fill moves
+    # it, it does not un-pay it: no delete trigger.
+    db.create_table("fees", {"symbol": str, "currency": str, "total": float},
+                    pk=("symbol", "currency"), not_null={"total"})
+    conn = db.conn
+    conn.execute("INSERT INTO fees(symbol, currency, total) SELECT symbol, "
+                 "COALESCE(fee_currency, '?'), SUM(fee) FROM fills "
+                 "GROUP BY symbol, COALESCE(fee_currency, '?')").close()
+    conn.execute("CREATE TRIGGER fees_on_fill AFTER INSERT ON fills BEGIN "
+                 "INSERT INTO fees(symbol, currency, total) "
+                 "VALUES (NEW.symbol, COALESCE(NEW.fee_currency, '?'), NEW.fee) "
+                 "ON CONFLICT(symbol, currency) DO UPDATE SET total = total + excluded.total; "
+                 "END;").close()
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_core, _v2_audit_and_indexes,
-                                                _v3_counters_and_history_indexes]
+                                                _v3_counters_and_history_indexes, _v4_fee_totals]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -378,6 +378,10 @@ class OrderBook:
         return n
 
     # --- fills ---------------------------------------------------------------------------
+    def fills_pending(self) -> set[str]:
+        """Orders the exchange says filled (in part) whose fills are not all recorded yet."""
+        return set(self._fills_due)
+
     def want_fills(self, cids: Iterable[str]) -> None:
         self._fills_due.update(cids)
 

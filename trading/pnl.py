@@ -107,8 +107,7 @@ def pnl_report(state_db: Path, detail: Mapping[str, Any] | None, risk: RiskConfi
     conn = _connect(state_db)
     try:
         positions = conn.execute("SELECT symbol, amount, cost, realized_pnl FROM positions").fetchall()
-        fee_rows = conn.execute("SELECT symbol, fee_currency, sum(fee) FROM fills "
-                                "GROUP BY symbol, fee_currency").fetchall()
+        fee_rows = conn.execute("SELECT symbol, currency, total FROM fees").fetchall()
     finally:
         conn.close()
     fees: dict[str, dict[str, float]] = {}

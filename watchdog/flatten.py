@@ -139,13 +139,19 @@ class Flattener:
         unresolved = self.resolve_own(result, budget)
         self.cancel_bot_orders(result, budget)
         self.book.sync_fills(budget)
+        for cid in self.book.fills_pending():
+            # filled, but the trades are not visible yet (eventual consistency): until they are,
+            # the position is not known and nothing of that symbol is sold
+            o = self.store.get_order(cid, decrypt=False)
+            if o is not None and o.exchange_order_id:
+                unresolved.setdefault(o.symbol, cid)
         plans, result.dust = self.plan(budget)
         result.remaining = {p.symbol: p.amount for p in plans}
         todo = [p for p in plans if p.symbol not in self.refused and p.symbol not in unresolved]
         sent = [self.sell(p, result, budget) for p in todo]
         if unresolved:
-            raise _Retry(f"order(s) {', '.join(sorted(unresolved.values()))} of unknown outcome: "
-                         "possibly live until the exchange's clock passes their fence")
+            raise _Retry(f"order(s) {', '.join(sorted(unresolved.values()))} unsettled (outcome "
+                         "unknown until the fence, or fills not visible yet)")
         if not todo:
             return not learned  # whatever the exchange reported last time is now accounted for
         if not any(sent):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from resilience import schema
 from resilience.keys import ensure_cipher, load_field_key
 from resilience.state import Archiver, Fill, StateStore, archive_files, open_readonly
 from tests.helpers.proc import run_cli
@@ -50,7 +51,7 @@ def test_keys_generate_then_refuses_to_overwrite(paths):
 def test_db_check_healthy(populated):
     r = _cli(populated, "db", "check")
     assert r.returncode == 0, r.stderr
-    assert "integrity: ok" in r.stdout and "schema version: 3" in r.stdout
+    assert "integrity: ok" in r.stdout and f"schema version: {schema.SCHEMA_VERSION}" in r.stdout
     assert "orders 1" in r.stdout and "FILLED 1" in r.stdout and "needs reconciliation: no" in r.stdout
     assert "encrypted values verified" in r.stdout
     report = json.loads(_cli(populated, "db", "check", "--json").stdout)

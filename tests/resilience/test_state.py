@@ -216,7 +216,7 @@ def test_reader_never_decrypts_without_a_cipher(store, data_dir):
         assert (ro.state, ro.reason, ro.raw) == ("OPEN", None, None)
         assert r.positions()["BTC/USDT"].amount == 0.01
         assert r.counts()["orders"] == 1 and not r.needs_reconciliation
-        assert r.meta["schema_version"] == "3" and "canary" not in r.meta
+        assert r.meta["schema_version"] == "4" and "canary" not in r.meta
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             r._conn.execute("DELETE FROM orders")
     with open_readonly(data_dir / "state.db", cipher_for(1)) as r:

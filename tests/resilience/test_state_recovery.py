@@ -159,8 +159,8 @@ def test_older_schema_is_migrated_forward_keeping_its_data(data_dir):
     events = []
     store = StateStore.open(db, cipher_for(1), on_event=lambda k, m, **f: events.append((k, f)))
     try:
-        assert events == [("state.migrated", {"from_version": 1, "to_version": 3})]
-        assert store.check()["schema_version"] == schema.SCHEMA_VERSION == 3
+        assert events == [("state.migrated", {"from_version": 1, "to_version": schema.SCHEMA_VERSION})]
+        assert store.check()["schema_version"] == schema.SCHEMA_VERSION == 4
         # the counters start from the rows the old database held, then follow every change
         assert store.orders_by_state() == {"OPEN": 1} and store.counts()["orders"] == 1
         o = store.get_order(cid)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from resilience import schema
 from resilience.state import apply_fill
 from tradeguard.config import RiskConfig
 from trading.pnl import pnl_report, trades
@@ -23,12 +24,9 @@ FILLS = [  # ts, symbol, side, amount, price, fee (USDT)
 def _state_db(path: Path) -> Path:
     db = path / "state.db"
     conn = sqlite3.connect(db)
-    conn.executescript(
-        "CREATE TABLE fills (fill_id TEXT, symbol TEXT, client_order_id TEXT, exchange_order_id TEXT,"
-        " side TEXT, amount REAL, price REAL, fee REAL, fee_currency TEXT, ts REAL, raw BLOB,"
-        " PRIMARY KEY (fill_id, symbol));"
-        "CREATE TABLE positions (symbol TEXT PRIMARY KEY, amount REAL, cost REAL, realized_pnl REAL,"
-        " updated_at REAL);")
+    conn.execute("BEGIN IMMEDIATE")
+    schema.migrate(conn)  # the real tables, and the trigger that keeps the fee totals
+    conn.commit()
     book: dict[str, tuple[float, float, float]] = {}
     for i, (ts, sym, side, amt, price, fee) in enumerate(FILLS):
         conn.execute("INSERT INTO fills VALUES (?, ?, ?, NULL, ?, ?, ?, ?, 'USDT', ?, NULL)",
