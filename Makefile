@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test test-system chaos bench venv clean
+.PHONY: run test test-attacks test-system chaos bench venv clean
 
 run: $(STAMP)
 	$(VENV)/bin/tradeguard run
@@ -15,6 +15,10 @@ test: $(STAMP)
 
 # The system tests (tests/system): tradeguard under a real systemd in a podman container, and
 # the OCI image. Need root, podman, runc, debootstrap; minutes, not seconds: not part of `test`.
+# The #16 attack scenarios once each (tradeguard chaos run runs them too); see docs/CHAOS.md.
+test-attacks: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) -m attack tests/chaos
+
 test-system: $(STAMP)
 	TRADEGUARD_SYSTEM_TESTS=1 $(PY) -m pytest -p no:cacheprovider -n 0 -v tests/system
 

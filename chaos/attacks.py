@@ -253,6 +253,9 @@ def slow_exit_flatten(ctx: Ctx) -> Injection:
     end = poll(settled, FLATTEN_TIMEOUT)
     s.clear_faults()
     let_run(SLOW_ORDER_S + 1.0)  # every request still held lands now: the exchange's last word
+    # Held past recvWindow, the flatten's own sells could not execute while the fault lasted;
+    # now they can: the flatten gets its fence and a resend (same id) to finish.
+    poll(lambda: flat(s), FLATTEN_TIMEOUT)
     em = emergency(s)
     is_flat = flat(s)
     notes = [f"the bot held {held}", f"watchdog emergency: {em.get('state', 'none')} "

@@ -65,42 +65,49 @@ def _attack(tmp_path, name: str) -> None:
     assert r.returncode == 0 and not _failures(data), md
 
 
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_attack_state_loss_flatten(tmp_path) -> None:
     _attack(tmp_path, "state-loss-flatten")
 
 
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_attack_fill_while_down(tmp_path) -> None:
     _attack(tmp_path, "fill-while-down")
 
 
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_attack_manager_dead_flatten(tmp_path) -> None:
     _attack(tmp_path, "manager-dead-flatten")
 
 
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_attack_slow_exit_flatten(tmp_path) -> None:
     _attack(tmp_path, "slow-exit-flatten")
 
 
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_attack_pid_forgery(tmp_path) -> None:
     _attack(tmp_path, "pid-forgery")
 
 
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_attack_watchdog_hang(tmp_path) -> None:
     _attack(tmp_path, "watchdog-hang")
 
 
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(os.geteuid() != 0, reason="disk-full mounts a tmpfs data dir: needs root")
