@@ -15,7 +15,7 @@ from tests.helpers.proc import REPO, child_env, free_port, run_cli, spawn, stop,
     wait_until
 from tradeguard.heartbeat import read_heartbeat
 from tradeguard.lifetime import lock_holder
-from tradeguard.runner import supervisor_rpc
+from tradeguard.runner import ALL_PROGRAMS, supervisor_rpc
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,8 @@ def _programs_running(cfg_env: dict[str, str], monkeypatch) -> list[psutil.Proce
     cfg = load_config()
 
     def running():
-        info = supervisor_rpc(cfg).supervisor.getAllProcessInfo()
+        info = [p for p in supervisor_rpc(cfg).supervisor.getAllProcessInfo()
+                if p["name"] in ALL_PROGRAMS]  # not the watchdog-guard event listener
         ok = len(info) == 3 and all(p["statename"] == "RUNNING" for p in info)
         return [psutil.Process(p["pid"]) for p in info] if ok else None
     return wait_until(running, timeout=40, interval=0.2, message="all programs RUNNING")
