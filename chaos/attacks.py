@@ -10,6 +10,8 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any, Callable
 
 import psutil
@@ -18,6 +20,7 @@ from chaos.base import (Ctx, Injection, Scenario, emergency, failpoints_consumed
                         kill_bot, kill_state, let_run, recovered_after, tg)
 from chaos.invariants import Violation, Window, flat_of_bot_coins
 from chaos.system import System, poll
+from tradeguard.secrets import read_private
 
 FLATTEN_TIMEOUT = 45.0    # from the fault to the emergency flatten's outcome
 HOLD_TIMEOUT = 20.0       # for the bot to hold coins (or rest a limit buy) before the fault
@@ -380,9 +383,23 @@ def fill_up(path: os.PathLike) -> int:
     return written
 
 
-def disk_full(ctx: Ctx) -> Injection:
-    from watchdog.health.client import get as health_get
+def _health(s: System) -> tuple[int, str]:
+    """``GET /health`` as a monitor does (bearer token from the data dir); (status, body).
+    The harness asks over HTTP, never through the watchdog's code (no process imports another)."""
+    token = read_private(s.paths.health_token).strip()
+    req = urllib.request.Request(f"http://127.0.0.1:{s.cfg.health.port}/health",
+                                 headers={"Authorization": f"Bearer {token}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=1.0) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except OSError as e:
+        return 0, str(e)
 
+
+def disk_full(ctx: Ctx) -> Injection:
     s = ctx.system
     ctx.trade_for(1.0, 2.0)
     filler = s.paths.data_dir / "chaos-filler"
@@ -393,9 +410,9 @@ def disk_full(ctx: Ctx) -> Injection:
     def reported() -> float | None:
         hb = s.heartbeat()
         seen["heartbeat"] = f"{hb.state} ({hb.age():.1f} s old)" if hb else None
-        reply = health_get(s.cfg, "/health", timeout=1.0)
-        seen["health"] = f"{reply.status} {reply.body}"[:200]
-        if hb and hb.state == "safe" and hb.ts > t0 and reply.status != 200:
+        status, body = _health(s)
+        seen["health"] = f"{status} {body}"[:200]
+        if hb and hb.state == "safe" and hb.ts > t0 and status not in (0, 200):
             return time.time()
         return None
 
