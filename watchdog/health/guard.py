@@ -115,10 +115,11 @@ class GuardedServer(TcpWSGIServer):
                 del self.clients[client]
 
     def may_read(self, client: str) -> bool:
-        """False while ``client`` is throttled and read too recently (loop thread only)."""
-        if self.throttled is None or not self.throttled(client):
-            return True
-        return time.monotonic() >= self._next_read.get(client, 0.0)
+        """False while ``client`` was throttled at its last read and read too recently (loop
+        thread only). The loop asks this of every connection on every turn, so it is a dict
+        lookup: the throttle itself is consulted once per read, in :meth:`did_read`."""
+        until = self._next_read.get(client)
+        return until is None or time.monotonic() >= until
 
     def did_read(self, client: str) -> None:
         if self.throttled is not None and self.throttled(client):
