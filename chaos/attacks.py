@@ -25,6 +25,7 @@ from tradeguard.secrets import read_private
 FLATTEN_TIMEOUT = 45.0    # from the fault to the emergency flatten's outcome
 HOLD_TIMEOUT = 20.0       # for the bot to hold coins (or rest a limit buy) before the fault
 SLOW_ORDER_S = 8.0        # A18: how long each order request is held
+SLOW_EXIT_FAULT_S = 20.0  # A18: how long order requests stay that slow (several fences)
 TWO_SELLERS_SLACK_S = 0.1
 
 
@@ -253,12 +254,13 @@ def slow_exit_flatten(ctx: Ctx) -> Injection:
         hb = s.heartbeat()
         return bool(emergency_finished(s) or (flat(s) and hb and hb.state == "safe"))
 
-    end = poll(settled, FLATTEN_TIMEOUT)
+    # While every order request is held past recvWindow no sell can execute: the attack is
+    # that the held requests land later. It lasts a few fences, then the venue is well again.
+    poll(settled, SLOW_EXIT_FAULT_S)
     s.clear_faults()
     let_run(SLOW_ORDER_S + 1.0)  # every request still held lands now: the exchange's last word
-    # Held past recvWindow, the flatten's own sells could not execute while the fault lasted;
-    # now they can: the flatten gets its fence and a resend (same id) to finish.
-    poll(lambda: flat(s), FLATTEN_TIMEOUT)
+    # the flatten gets its fence and a resend (same id) and finishes; recovered = settled and flat
+    end = poll(lambda: settled() and flat(s), FLATTEN_TIMEOUT)
     em = emergency(s)
     is_flat = flat(s)
     notes = [f"the bot held {held}", f"watchdog emergency: {em.get('state', 'none')} "

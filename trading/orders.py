@@ -8,7 +8,8 @@ has passed on the exchange's clock (``trading.fence``: the request can no longer
 exchange has said "no such order" several times after it. The id alone protects nothing: the
 exchange accepts a reused id once the earlier order is filled or canceled. A duplicate means the
 order exists: it is fetched. A non-retryable error rejects the intent with the reason. Fills come
-from the exchange's trades for the order and are added idempotently (trade id).
+from the exchange's trades for the order (those an answer carries, then the trade history) and
+are added idempotently (trade id).
 """
 from __future__ import annotations
 
@@ -254,7 +255,24 @@ class OrderBook:
         o = self.transition(o, state, note, **fields)
         if filled > FILL_EPS:
             self._fills_due.add(o.client_order_id)
+            self._take_reported_trades(o, ex)
         return o
+
+    def _take_reported_trades(self, o: Order, ex: dict[str, Any]) -> None:
+        """Record the trades an answer carries (Binance's ``FULL`` create response lists its
+        fills with their trade ids): the same trades, under the same ids, that the trade
+        history returns later, so the position is known at once instead of after a fetch that
+        eventual visibility may delay. What is missing is still fetched (``sync_fills``)."""
+        trades = [t for t in ex.get("trades") or [] if t.get("id") is not None]
+        if not trades or not o.exchange_order_id:
+            return
+        ts = ex.get("lastTradeTimestamp") or ex.get("timestamp")
+        self.add_trades(o, [{**t, "order": t.get("order") or o.exchange_order_id,
+                             "side": t.get("side") or o.side,
+                             "timestamp": t.get("timestamp") or ts} for t in trades])
+        if self.store.recorded_fill_amount(o.client_order_id) >= as_float(o.filled) - FILL_EPS \
+                and o.state in FINAL:
+            self._fills_due.discard(o.client_order_id)
 
     def resolve(self, o: Order, budget: Budget) -> None:
         """One attempt to learn the outcome of an UNKNOWN (or stranded SUBMITTING) order.

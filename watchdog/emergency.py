@@ -58,8 +58,10 @@ class FlattenResult:
             parts.append(f"dust left {_fmt(self.dust)}")
         if self.remaining:
             parts.append(f"STILL HELD {_fmt(self.remaining)}")
-        if self.errors:
+        if self.errors and self.state != "done":
             parts.append(f"last error: {self.errors[-1]}")
+        elif self.errors:  # what it waited through, not what is wrong now
+            parts.append(f"{len(self.errors)} round(s) retried")
         return "; ".join(parts)
 
 

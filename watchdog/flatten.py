@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "watchdog.emergency"
 BACKOFF_BASE_S, BACKOFF_MAX_S = 0.2, 5.0
+UNSETTLED_POLL_S = 1.0  # between rounds while an order's outcome or fills are not known yet
 LEARN_MARGIN_S = 120.0  # how far before the newest known order the exchange's record is read
 
 
@@ -75,6 +76,11 @@ def _record(kind: str, message: str, *, severity: str = "warning", **fields: Any
 
 class _Retry(Exception):
     """Something is not resolved yet; the next round tries again."""
+
+
+class _Unsettled(_Retry):
+    """An order's outcome or fills are not known yet: nothing failed, the next round looks
+    again soon (its fence is a known time away; backing off would only delay the sale)."""
 
 
 class Flattener:
@@ -99,17 +105,21 @@ class Flattener:
         result = FlattenResult("failed", reason, basis=self.basis)
         _record("flatten_started", f"flatten started: {reason} (positions from {self.basis})",
                 reason=reason, bot_id=self.rt.bot_id, basis=self.basis)
-        delay = BACKOFF_BASE_S
+        backoff = BACKOFF_BASE_S  # after a failure; doubles while failures repeat
         while True:
             if self.stop.is_set():
                 result.state = "aborted"
                 break
+            wait = backoff
             try:
                 if self.round(result):
                     result.state = "failed" if self.refused else "done"
                     break
-                delay = BACKOFF_BASE_S
+                backoff = BACKOFF_BASE_S
                 continue  # sold or learned something: re-plan at once; done only when settled
+            except _Unsettled as e:
+                result.errors.append(str(e))
+                wait = UNSETTLED_POLL_S
             except _Retry as e:
                 result.errors.append(str(e))
             except (CircuitOpenError, RetryBudgetExhausted) as e:
@@ -120,13 +130,14 @@ class Flattener:
                     _record("refused", f"the exchange refuses: {e}", severity="critical")
                     result.refused = True
                     break
-            if time.monotonic() + delay > self.deadline:
+            if time.monotonic() + wait > self.deadline:
                 result.errors.append(f"emergency_timeout_s={self.cfg.watchdog.emergency_timeout_s} "
                                      "reached")
                 break
-            log.warning("flatten: retrying in %.1fs (%s)", delay, result.errors[-1])
-            self.stop.wait(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            log.warning("flatten: retrying in %.1fs (%s)", wait, result.errors[-1])
+            self.stop.wait(wait)
+            if wait == backoff:
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
         self._finish(result)
         return result
 
@@ -150,7 +161,7 @@ class Flattener:
         todo = [p for p in plans if p.symbol not in self.refused and p.symbol not in unresolved]
         sent = [self.sell(p, result, budget) for p in todo]
         if unresolved:
-            raise _Retry(f"order(s) {', '.join(sorted(unresolved.values()))} unsettled (outcome "
+            raise _Unsettled(f"order(s) {', '.join(sorted(unresolved.values()))} unsettled (outcome "
                          "unknown until the fence, or fills not visible yet)")
         if not todo:
             return not learned  # whatever the exchange reported last time is now accounted for

@@ -73,3 +73,28 @@ def test_a_resting_limit_filled_in_part_then_canceled_keeps_what_filled(thin):
         assert balance == pytest.approx(done.filled)
     finally:
         rt.store.close()
+
+
+def test_the_fills_an_answer_carries_are_recorded_before_the_trade_history_shows_them(
+        paper_exchange_factory):
+    # eventual visibility: the order and its trades stay out of queries for a minute, but the
+    # FULL create response lists the fills (Binance does): the position is known at once
+    px = paper_exchange_factory(book_level_quote=100.0, visibility_lag_s=60)
+    rt, book, last = _parts(px)
+    try:
+        o = book.place(OrderSpec(SYMBOL, "buy", "market", 0.01, None, "entry", last),
+                       book.book({SYMBOL: last}), _budget())
+        assert o.state == "FILLED"
+        assert rt.exchange.fetch_my_trades(SYMBOL) == []  # the trade history does not show them
+        fills = rt.store.fills(client_order_id=o.client_order_id)
+        assert len(fills) >= 3 and sum(f.amount for f in fills) == pytest.approx(0.01)
+        assert all(f.exchange_order_id == o.exchange_order_id and f.side == "buy" for f in fills)
+        assert rt.store.positions()[SYMBOL].amount == pytest.approx(0.01)
+        assert o.client_order_id not in book.fills_pending()
+        # the ids are the trade ids the history will show: taken again, nothing is added
+        fill_ids = {f.fill_id for f in fills}
+        ledger = {str(f["id"]) for f in px.ledger()["fills"]
+                  if f.get("clientOrderId") == o.client_order_id}
+        assert fill_ids == ledger
+    finally:
+        rt.store.close()

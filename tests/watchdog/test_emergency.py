@@ -11,7 +11,7 @@ import pytest
 from tests.helpers.proc import REPO, child_env, wait_until
 from tests.watchdog.trading import (FAST, balance, bot_buys, bot_store, exchange_cfg,
                                     ledger_orders, recorded_position)
-from watchdog.emergency import flatten, pending_flatten
+from watchdog.emergency import FlattenResult, flatten, pending_flatten
 
 SYMBOL = "BTC/USDT"
 PREFIX = "tg-tg1-"
@@ -239,3 +239,11 @@ def test_a_bot_not_proven_dead_is_not_flattened(paper_exchange):
     assert sells(paper_exchange) == []
     with bot_store(cfg) as store:
         assert store.get_order(cid).state == "INTENT"  # the bot's to settle: two writers must not
+
+
+def test_a_done_flatten_does_not_report_what_it_waited_through_as_an_error() -> None:
+    waited = ["order(s) tg-tg1-x1 unsettled (outcome unknown until the fence)"]
+    done = FlattenResult("done", "test", sold={SYMBOL: 0.01}, errors=list(waited))
+    assert "last error" not in done.summary() and "1 round(s) retried" in done.summary()
+    failed = FlattenResult("failed", "test", remaining={SYMBOL: 0.01}, errors=list(waited))
+    assert f"last error: {waited[0]}" in failed.summary() and "STILL HELD" in failed.summary()
