@@ -80,10 +80,12 @@ def hold_coins(s: System) -> dict[str, float]:
     return held
 
 
-def emergency_window(s: System) -> list[Window]:
-    """From the moment the kill switch was engaged, only the watchdog's exits may trade."""
+def emergency_window(s: System, on_the_wire: float = 0.0) -> list[Window]:
+    """From the moment the kill switch was engaged, only the watchdog's exits may trade; an
+    order request already on the wire then (held ``on_the_wire`` s at most by a fault) may
+    still reach the exchange after it."""
     try:
-        return [Window(kill_at(s), None, "emergency")]
+        return [Window(kill_at(s) + on_the_wire, None, "emergency")]
     except (OSError, ValueError):
         return []
 
@@ -101,7 +103,8 @@ def flatten_verdict(s: System, em: dict | None) -> list[Violation]:
 
 def finish_flatten(s: System, t0: float, *, notes: list[str],
                    extra: Callable[[], list[Violation]] = lambda: [],
-                   lost_at: float | None = None, timeout: float = FLATTEN_TIMEOUT) -> Injection:
+                   lost_at: float | None = None, timeout: float = FLATTEN_TIMEOUT,
+                   on_the_wire: float = 0.0) -> Injection:
     """Wait for the emergency flatten's outcome; recovered when it is done and the account is
     flat of the bot's coins."""
     em = poll(lambda: emergency_finished(s), timeout)
@@ -110,8 +113,9 @@ def finish_flatten(s: System, t0: float, *, notes: list[str],
     notes.append(f"flatten {em.get('state')}: {em.get('detail', '')}" if em
                  else "no flatten outcome" + (f" within {timeout:g} s" if timeout else ""))
     return Injection(t0, time.time() if done_flat else None, expect_kinds=["emergency.", "kill."],
-                     kill_windows=emergency_window(s), flattened=True, note="; ".join(notes),
-                     violations=flatten_verdict(s, em) + extra(), state_lost_at=lost_at)
+                     kill_windows=emergency_window(s, on_the_wire), flattened=True,
+                     note="; ".join(notes), violations=flatten_verdict(s, em) + extra(),
+                     state_lost_at=lost_at)
 
 
 # --- A1: state.db lost while the bot is down ------------------------------------------------
@@ -235,7 +239,8 @@ def manager_dead_flatten(ctx: Ctx) -> Injection:
         guard.append(f"the bot (pid {bot}) was still alive at the end: the harness SIGKILLed it")
     # a flatten that only starts because the harness ended the bot does not count
     return finish_flatten(s, t0, notes=[f"supervisord SIGKILLed; the bot held {held}", *guard],
-                          extra=lambda: extra, timeout=FLATTEN_TIMEOUT if em else 0.0)
+                          extra=lambda: extra, timeout=FLATTEN_TIMEOUT if em else 0.0,
+                          on_the_wire=SLOW_REQUEST_S + 1.0)
 
 
 # --- A18: kill --flatten while order requests take 8 s -------------------------------------
