@@ -121,6 +121,21 @@ MARKETS: dict[str, Market] = {m.id: m for m in (
     Market("ETH/USDT", "ETH", Decimal("3000"), tick_size=Decimal("0.01"), min_price=Decimal("0.01"),
            max_price=Decimal("1000000"), step_size=Decimal("0.0001"), min_qty=Decimal("0.0001"),
            max_qty=Decimal("90000"), market_max_qty=Decimal("1000")),
+    # eight more of Binance's spot USDT markets, with their filters: a bot (or a benchmark) that
+    # trades many symbols meets different tick and lot sizes, and prices below 1 USDT
+    *(Market(f"{base}/USDT", base, Decimal(price), tick_size=Decimal(tick), min_price=Decimal(tick),
+             max_price=Decimal(max_price), step_size=Decimal(step), min_qty=Decimal(step),
+             max_qty=Decimal(max_qty), market_max_qty=Decimal(market_max))
+      for base, price, tick, step, max_price, max_qty, market_max in (
+          ("BNB", "600", "0.01", "0.001", "100000", "900000", "5000"),
+          ("SOL", "150", "0.01", "0.001", "10000", "9000000", "20000"),
+          ("XRP", "0.6", "0.0001", "0.1", "10000", "9222449", "2000000"),
+          ("ADA", "0.45", "0.0001", "0.1", "1000", "9000000", "3000000"),
+          ("DOGE", "0.15", "0.00001", "1", "1000", "9000000000", "20000000"),
+          ("LTC", "80", "0.01", "0.001", "100000", "90000", "5000"),
+          ("DOT", "7", "0.001", "0.01", "10000", "9000000", "200000"),
+          ("LINK", "15", "0.01", "0.01", "10000", "9000000", "100000"),
+      )),
 )}
 
 

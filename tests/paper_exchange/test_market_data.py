@@ -57,4 +57,4 @@ def test_unknown_interval_and_symbol_are_binance_errors(client) -> None:
     with pytest.raises(ccxt.BadRequest):
         client.publicGetKlines({"symbol": "BTCUSDT", "interval": "7m"})
     with pytest.raises(ccxt.BadSymbol):
-        client.publicGetTicker24hr({"symbol": "DOGEUSDT"})
+        client.publicGetTicker24hr({"symbol": "PEPEUSDT"})  # not listed here

@@ -26,7 +26,8 @@ def test_restart_keeps_orders_fills_balances_and_prices(paper_exchange_factory) 
     px.restart()
     assert (px.ledger(), px.balances()) == before
     assert px.api_key == key  # same credentials file
-    assert px.health()["prices"] == {"BTCUSDT": "50000.00000000", "ETHUSDT": "2500.50000000"}
+    prices = px.health()["prices"]
+    assert (prices["BTCUSDT"], prices["ETHUSDT"]) == ("50000.00000000", "2500.50000000")
     c = px.client()
     assert c.fetch_order(None, "BTC/USDT", {"origClientOrderId": "tg-p-2"})["status"] == "open"
     with pytest.raises(ccxt.InvalidOrder, match="Duplicate"):  # the restored order is still open
