@@ -15,7 +15,7 @@ test: $(STAMP)
 
 # The system tests (tests/system): tradeguard under a real systemd in a podman container, and
 # the OCI image. Need root, podman, runc, debootstrap; minutes, not seconds: not part of `test`.
-# The #16 attack scenarios once each (tradeguard chaos run runs them too); see docs/CHAOS.md.
+# Only the #16 attack scenarios, once each (make test runs them too); see docs/CHAOS.md.
 test-attacks: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) -m attack tests/chaos
 
