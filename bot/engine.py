@@ -20,6 +20,7 @@ from blackbox import recorder
 from trading.failpoints import Leak
 from bot.guard import Guard
 from bot.marketdata import MarketFeed
+from bot.probe import due_probes, probe
 from tradeguard.notify import Notifier
 from trading.orders import FINAL, OrderBook, recent_submissions
 from bot.reconcile import MARGIN_S, Reconciler
@@ -246,6 +247,8 @@ class Bot:
         if time.time() - (self.reconciler.last or 0) >= self.cfg.bot.reconcile_interval_s:
             self._step("reconciliation", self._reconcile, budget)
         self._step("retention", self._archive, budget)
+        for dependency in due_probes(self.rt.manager):
+            self._step(f"{dependency} probe", probe, self.rt, dependency, budget)
 
     def _archive(self, budget: Budget) -> None:
         """Retention: a few short batches of old closed orders to the archives, with what is

@@ -59,7 +59,7 @@ def health(app: "PaperApp") -> dict[str, Any]:
 def rate_limits(app: "PaperApp") -> dict[str, Any]:
     lim = app.limits
     return {"limits": lim.rate_limits(), "used": lim.headers(int(time.time() * 1000)),
-            "banned_until": lim.banned_until}
+            "banned_until": lim.banned_until, **lim.accounting()}
 
 
 def set_price(app: "PaperApp", spec: dict) -> dict[str, Any]:

@@ -86,6 +86,11 @@ class RateLimiter:
     orders_1d: _Window = field(default_factory=lambda: _Window(DAY))
     refusals: _Window = field(default_factory=lambda: _Window(MINUTE))
     banned_until: int = 0
+    # since the start (or the last reset): the most any window held, and the answers refused
+    peak_weight_1m: int = 0
+    peak_orders_10s: int = 0
+    refused_429: int = 0
+    refused_418: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,9 +118,11 @@ class RateLimiter:
         """Count one request; None if it may be served, else the error and Retry-After seconds."""
         with self._lock:
             if now < self.banned_until:
+                self.refused_418 += 1
                 return apierrors.banned(self.banned_until), math.ceil((self.banned_until - now) / 1000)
             used = self.weight_1m.current(now) + w
             self.weight_1m.used = used
+            self.peak_weight_1m = max(self.peak_weight_1m, used)
             refused: tuple[PaperApiError, int] | None = None
             if used > self.limit(WEIGHT_PER_MINUTE):
                 refused = apierrors.too_much_weight(self.limit(WEIGHT_PER_MINUTE)), self.weight_1m.retry_after_s(now)
@@ -128,16 +135,26 @@ class RateLimiter:
                 else:
                     self.orders_10s.used += 1
                     self.orders_1d.used += 1
+                    self.peak_orders_10s = max(self.peak_orders_10s, self.orders_10s.used)
             if refused is not None:
+                self.refused_429 += 1
                 self.refusals.used = self.refusals.current(now) + 1
                 if self.refusals.used >= BAN_AFTER:
                     self.banned_until = now + int(self.ban_s * 1000)
                     self.refusals.used = 0
             return refused
 
+    def accounting(self) -> dict[str, dict[str, int]]:
+        """The most any window held since the start (or the last reset), and how many requests
+        were refused with 429 and, while banned, with 418."""
+        with self._lock:
+            return {"peak": {"weight_1m": self.peak_weight_1m, "orders_10s": self.peak_orders_10s},
+                    "refused": {"429": self.refused_429, "418": self.refused_418}}
+
     def reset(self) -> None:
-        """Forget all counters and any ban (control API)."""
+        """Forget all counters, peaks and any ban (control API)."""
         with self._lock:
             for w in (self.weight_1m, self.orders_10s, self.orders_1d, self.refusals):
                 w.start, w.used = -1, 0
             self.banned_until = 0
+            self.peak_weight_1m = self.peak_orders_10s = self.refused_429 = self.refused_418 = 0

@@ -118,6 +118,11 @@ class CircuitBreaker:
         """Clock time the current outage began; None while the breaker is closed."""
         return None if self.state == CLOSED else self._outage_start
 
+    def probe_due(self) -> bool:
+        """Open with its cool-down over: the next call would run as the probe."""
+        with self._lock:
+            return self.state == OPEN and self._clock() - self.opened_at >= self.reset_s  # type: ignore[operator]
+
     def snapshot(self) -> tuple[str, float | None]:
         """``(state, outage_since)`` read together."""
         with self._lock:

@@ -292,8 +292,14 @@ def test_rate_limit_headers_429_and_418(paper_exchange_factory) -> None:
                 break
     assert e.status_code == 418 and "IP banned until" in e.error_message
     assert int(e.header["Retry-After"]) <= 5
+    # the exchange's own accounting: what the limits were asked to bear, and what was refused
+    acc = px.rate_limits()
+    assert acc["peak"]["weight_1m"] > 60 and acc["peak"]["orders_10s"] == 0
+    assert acc["refused"]["429"] >= 2 and acc["refused"]["418"] == 1
     px.reset_rate_limits()
     assert s.time()["header"]["X-MBX-USED-WEIGHT-1M"] == "1"
+    acc = px.rate_limits()
+    assert acc["peak"] == {"weight_1m": 1, "orders_10s": 0} and acc["refused"] == {"429": 0, "418": 0}
 
 
 def test_order_count_limit_is_minus_1015(paper_exchange_factory) -> None:
@@ -308,6 +314,8 @@ def test_order_count_limit_is_minus_1015(paper_exchange_factory) -> None:
     assert e.error_message == "Too many new orders; current limit is 1 orders per 10 SECOND."
     assert 1 <= int(e.header["Retry-After"]) <= 10
     assert len(px.ledger()["orders"]) == 1
+    acc = px.rate_limits()
+    assert acc["peak"]["orders_10s"] == 1 and acc["refused"] == {"429": 1, "418": 0}
 
 
 # --- 7. the rest ----------------------------------------------------------------------------------

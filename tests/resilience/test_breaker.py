@@ -68,6 +68,18 @@ def test_half_open_after_cool_down_one_probe_success_closes():
     b.before_call()  # closed: calls pass
 
 
+def test_probe_due_only_when_open_with_the_cool_down_over():
+    b, clock, _ = make(fail_max=1, reset_s=10.0)
+    assert not b.probe_due()  # closed
+    fail(b)
+    clock.t += 9.999
+    assert not b.probe_due()
+    clock.t += 0.001
+    assert b.probe_due()
+    b.before_call()  # the probe is in flight: no second one
+    assert not b.probe_due()
+
+
 def test_failed_probe_reopens_for_another_cool_down():
     b, clock, changes = make(fail_max=2, reset_s=5.0)
     fail(b, 2)
