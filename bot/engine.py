@@ -27,6 +27,7 @@ from resilience.state import Archiver
 from trading.risk import RiskLimits
 from trading.ratelimit import load_rate_limits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
+from trading.stops import ProtectiveStops, stop_policy
 from bot.sizing import order_spec
 from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
 from resilience.netcause import describe
@@ -62,6 +63,8 @@ class Bot:
         self.feed = MarketFeed(rt, self.symbols, getattr(s, "timeframe", "1m"),
                                getattr(s, "ohlcv_limit", 0), getattr(s, "ohlcv_refresh_s", 10.0))
         self.reconciler = Reconciler(rt, self.orders, self.symbols)
+        policy = stop_policy(self.cfg)  # ConfigError when the venue cannot hold the stops asked for
+        self.stops = ProtectiveStops(rt, self.orders, policy, self.symbols) if policy else None
         ret = self.cfg.retention
         self.archiver = Archiver(rt.store, max_age_s=ret.archive_after_days * 86400.0,
                                  batch=ret.batch_orders) if ret.enabled else None
@@ -185,6 +188,11 @@ class Bot:
         since = (previous or time.time()) - max(FILLS_LOOKBACK_S, MARGIN_S)
         self.orders.want_fills(store.order_ids(("OPEN", "FILLED", "CANCELED"), updated_since=since,
                                                filled_only=True))
+        if self.stops is not None and rt.killswitch.check() is None and not self.reconciler.pending():
+            # every position has its stop before the strategy runs
+            self._step("market data", self.feed.refresh, budget)
+            self.orders.sync_fills(budget)
+            self.stops.maintain(self.feed.prices, budget)
         self._restore_strategy()
         self.recovered = True
         log.info("recovered: %s; trading", rep.summary())
@@ -243,6 +251,8 @@ class Bot:
             if actions:
                 self._execute(actions, degradation, budget)
                 self._step("fills", self.orders.sync_fills, budget)
+        if self.stops is not None and kill is None and degradation != "safe":
+            self._step("protective stops", self.stops.maintain, self.feed.prices, budget)
         if time.time() - (self.reconciler.last or 0) >= self.cfg.bot.reconcile_interval_s:
             self._step("reconciliation", self._reconcile, budget)
         self._step("retention", self._archive, budget)
@@ -326,6 +336,11 @@ class Bot:
                 if self._degraded_skips == 1 or self._degraded_skips % 100 == 0:
                     log.info("%s: entry not sent (exits only) [%d skipped]", degradation, self._degraded_skips)
                 continue
+            if spec.side == "sell" and self.stops is not None and self.stops.live(spec.symbol) and \
+                    not self._step("release stop", self.stops.release, spec.symbol, budget):
+                # spot: the stop locks the coins. Canceled first; the sell waits for a later tick
+                # while the cancel is unconfirmed or the stop traded (the position changed)
+                continue
             self._step("order", self.orders.place, spec, book, budget)
 
     def _cancel_action(self, a: Cancel, budget: Budget) -> None:
@@ -367,20 +382,22 @@ class Bot:
     def heartbeat_detail(self, positions: dict[str, float]) -> dict[str, Any]:
         """The heartbeat's ``detail`` (docs/INTERNALS.md, "Heartbeat and pid file")."""
         m = self.rt.manager
+        stops = self._stops_report()
         if not self.recovered:
             attention = self._step_errors.get("recovery") and \
                 f"startup recovery pending: {self._step_errors['recovery']}"
         else:
             attention = self.store_fault or self.reconciler.attention() or "; ".join(
                 f"{step} failing: {msg}" for step, msg in self._faults.items())
-            attention = "; ".join(filter(None, (attention, self._strategy_attention())))
+            attention = "; ".join(filter(None, (attention, self._strategy_attention(),
+                                                self._stops_attention(stops))))
         return {
             "bot_id": self.rt.bot_id, "started_at": self.started_at, "degradation": self.state,
             "breakers": m.breaker_states(), "positions": positions,
             "open_orders": len(self.orders.live_orders()), "kill_switch": self.guard.mode,
             "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
             "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
-            "store_fault": self.store_fault,
+            "store_fault": self.store_fault, "stops": stops,
         }
 
     def _pnl_detail(self) -> dict[str, Any]:
@@ -389,6 +406,24 @@ class Bot:
         return {"prices": dict(self.feed.prices), "equity": self.guard.equity,
                 "day_start": None if start is None else
                 {"day": start.day, "pnl": start.pnl, "equity": start.equity}}
+
+    def _stops_report(self) -> dict[str, Any] | None:
+        """Each position's protective stop (None when stops are off)."""
+        if self.stops is None or not self.recovered:
+            return None
+        try:
+            return self.stops.report(self.feed.prices)
+        except sqlite3.Error as e:
+            log.warning("protective stops not reported: %s", e)
+            return None
+
+    def _stops_attention(self, stops: dict[str, Any] | None) -> str | None:
+        """Positions without a stop on the exchange for longer than ``[risk] stop_missing_attention_s``."""
+        now, limit = time.time(), self.cfg.risk.stop_missing_attention_s
+        bare = sorted(s for s, v in (stops or {}).items()
+                      if v["state"] == "missing" and now - v["since"] >= limit)
+        return f"no protective stop on the exchange for {', '.join(bare)} for over {limit:g} s" \
+            if bare else None
 
     def _strategy_attention(self) -> str | None:
         """Set while the strategy has raised on ``[bot] strategy_failures_attention`` ticks in a row."""

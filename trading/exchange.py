@@ -29,12 +29,16 @@ CAPABILITIES: dict[str, dict[str, Any]] = {
                 "fetch_order_by_client_id": "origClientOrderId",
                 "max_client_order_id_len": 36,
                 "recv_window": True,  # a signed request executes only within recvWindow
-                "rate_headers": True},  # X-MBX-USED-WEIGHT-1M / X-MBX-ORDER-COUNT-10S
+                "rate_headers": True,  # X-MBX-USED-WEIGHT-1M / X-MBX-ORDER-COUNT-10S
+                # resting stop-loss sells ccxt places with ``stopLossPrice``: on a limit order
+                # STOP_LOSS_LIMIT, on a market order STOP_LOSS
+                "stop_loss": ("limit", "market")},
     "default": {"client_order_id_param": "clientOrderId",
                 "fetch_order_by_client_id": None,  # scan open and closed orders instead
                 "max_client_order_id_len": 32,
                 "recv_window": False,
-                "rate_headers": False},
+                "rate_headers": False,
+                "stop_loss": ()},  # unknown venue: no stop orders tradeguard relies on
 }
 CAPABILITIES["paper"] = CAPABILITIES["binance"]
 _CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]+$")

@@ -44,6 +44,7 @@ MIN_MISSES = 3  # "not found" answers after the fence needed before a resubmissi
 MISS_INTERVAL_S = 0.5  # between those answers
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 5.0
 FILL_EPS = 1e-12
+STOP_PRICE_KEY = "stop_price.{}"  # kv: the trigger price of a protective order, by client order id
 BLOCKED_REPEAT_S = 60.0  # a risk block is reported once a minute per limit and symbol
 
 
@@ -56,9 +57,10 @@ class OrderSpec:
     type: str
     amount: float
     price: float | None
-    purpose: str  # entry | exit
+    purpose: str  # entry | exit | protective
     ref_price: float  # to value it for the risk limits
     tag: str = ""
+    stop_price: float | None = None  # a resting stop-loss (purpose protective) triggers here
 
 
 @dataclass
@@ -130,6 +132,8 @@ class OrderBook:
         """Positions, prices and amounts still open in live orders, for the risk limits."""
         b = Book({s: p.amount for s, p in self.store.positions().items()}, dict(prices))
         for o in self.live_orders():
+            if o.purpose == "protective":
+                continue  # the stop sells the position's own coins; an exit releases it first
             left = max(0.0, as_float(o.amount) - as_float(o.filled))
             side = b.open_buys if o.side == "buy" else b.open_sells
             side[o.symbol] = side.get(o.symbol, 0.0) + left
@@ -170,6 +174,8 @@ class OrderBook:
             self._blocked(spec, e)
             return None
         cid, seq = self.store.next_client_order_id(self.rt.bot_id)
+        if spec.stop_price is not None:  # kept before the intent: a resubmission sends the same stop
+            self.store.kv_set(STOP_PRICE_KEY.format(cid), spec.stop_price)
         o = self.add(NewOrder(
             client_order_id=cid, seq=seq, bot_id=self.rt.bot_id, origin="bot", purpose=spec.purpose,
             symbol=spec.symbol, side=spec.side, type=spec.type, amount=spec.amount, price=spec.price,
@@ -199,10 +205,15 @@ class OrderBook:
 
     def _submit(self, o: Order, budget: Budget, note: str) -> Order:
         rt = self.rt
+        params: dict[str, Any] = create_order_params(rt.exchange.id, o.client_order_id)
+        if o.purpose == "protective":  # a resting stop-loss: ccxt's unified trigger parameter
+            stop = self.store.kv_get(STOP_PRICE_KEY.format(o.client_order_id))
+            if not isinstance(stop, (int, float)):
+                return self.transition(o, "CANCELED", "not sent: its stop price is not recorded")
+            params["stopLossPrice"] = float(stop)
         o = self.transition(o, "SUBMITTING", note, attempts=int(o.attempts or 0) + 1)
         self.risk.note_submitted()
         rt.failpoints.hit("orders.before_submit")
-        params = create_order_params(rt.exchange.id, o.client_order_id)
         try:
             resp = checked_order(rt.call("orders", rt.exchange.create_order, o.symbol, o.type, o.side,
                                          o.amount, o.price, params, budget=budget, state_changing=True))

@@ -48,7 +48,8 @@ class DemoStrategy(Strategy):
         self._last_trade = ctx.now
         md = ctx.market[symbol]
         position = ctx.positions.get(symbol, 0.0)
-        committed = sum(o.amount - o.filled for o in ctx.orders_for(symbol) if o.side == "sell")
+        committed = sum(o.amount - o.filled for o in ctx.orders_for(symbol)
+                        if o.side == "sell" and o.purpose != "protective")  # the bot moves its stop
         available = max(0.0, position - committed)
         roll = self.rng.random()
         room = self.max_quote - position * md.last
