@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fixtures_bot import consistency_problems
-from tests.helpers.proc import tradeguard_cmd, wait_until
+from tests.helpers.proc import child_env, tradeguard_cmd, wait_until
 from tradeguard.config import load_config
 from tradeguard.exceptions import ConfigError
 from trading.stops import stop_policy
@@ -87,6 +87,20 @@ def _one_stop_sized(bot, amount: float) -> bool:
     stops = _stops_on_exchange(bot)
     return len(stops) == 1 and abs(float(stops[0]["origQty"]) - amount) < 1e-9 and \
         [o["client_order_id"] for o in _protective(bot)] == [stops[0]["clientOrderId"]]
+
+
+def _views(bot) -> tuple[dict, str, str]:
+    """What a person sees: /health/detailed's snapshot, /metrics and `tradeguard status`."""
+    from watchdog.health.metrics import render_metrics
+    from watchdog.health.snapshot import build_snapshot
+
+    cfg = load_config(bot.config_file, data_dir=bot.data_dir, logs_dir=bot.logs_dir, env=bot.env)
+    snap = build_snapshot(cfg)
+    metrics = render_metrics(lambda: snap).decode()
+    out = subprocess.run(tradeguard_cmd("status", "--config", str(bot.config_file), "--data-dir",
+                                        str(bot.data_dir), "--logs-dir", str(bot.logs_dir)),
+                         env=child_env(bot.env), capture_output=True, text=True, timeout=60)
+    return snap, metrics, out.stdout
 
 
 def _avg_entry(bot) -> float:
@@ -164,8 +178,16 @@ def test_startup_restores_a_missing_stop_before_trading(scripted):
     assert next(o for o in bot.state_reader().orders()
                 if o["client_order_id"] == gone["clientOrderId"])["state"] == "CANCELED"
     detail = hb.detail["stops"][SYMBOL]
-    assert detail["stop_price"] == pytest.approx(float(_stops_on_exchange(bot)[0]["stopPrice"]))
+    stop_price = float(_stops_on_exchange(bot)[0]["stopPrice"])
+    assert detail["stop_price"] == pytest.approx(stop_price)
     assert 4.0 < detail["distance_pct"] < 6.0
+    snap, metrics, status = _views(bot)
+    shown = snap["stops"][SYMBOL]
+    assert shown["state"] == "on_exchange" and shown["stop_price"] == pytest.approx(stop_price)
+    assert shown["amount"] == pytest.approx(0.01) and 4.0 < shown["distance_pct"] < 6.0
+    assert 'tradeguard_position_unprotected{symbol="BTC/USDT"} 0.0' in metrics
+    assert f'tradeguard_position_stop_price{{symbol="BTC/USDT"}} {stop_price}' in metrics
+    assert f"BTC/USDT: stop {stop_price:g} for 0.01 on the exchange" in status
 
 
 def test_a_position_left_without_its_stop_needs_attention(scripted):
@@ -183,6 +205,10 @@ def test_a_position_left_without_its_stop_needs_attention(scripted):
                (bot.heartbeat().detail.get("needs_attention") or ""), 20, interval=0.2,
                message="needs_attention for the bare position")
     assert bot.heartbeat().detail["stops"][SYMBOL]["state"] == "missing"
+    snap, metrics, status = _views(bot)
+    assert snap["stops"][SYMBOL]["state"] == "missing" and snap["status"] != "healthy"
+    assert 'tradeguard_position_unprotected{symbol="BTC/USDT"} 1.0' in metrics
+    assert "BTC/USDT: NO STOP on the exchange" in status
     assert _stops_on_exchange(bot) == []  # halted: no new order, not even a stop
 
 
@@ -210,3 +236,59 @@ def test_the_bot_refuses_to_start_on_a_venue_without_stops(tmp_path):
                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert "stop_loss_pct = 0" in out.stderr and "Traceback" not in out.stderr
+
+
+def _place_stop(cfg) -> None:
+    """The bot's stop for what it holds, placed by the real ProtectiveStops."""
+    import threading
+
+    from tests.watchdog.trading import bot_runtime
+    from trading.orders import OrderBook
+    from trading.risk import RiskLimits
+    from trading.runtime import StoppableBudget
+    from trading.stops import ProtectiveStops
+
+    rt = bot_runtime(cfg)
+    try:
+        rt.exchange.load_markets()
+        orders = OrderBook(rt, RiskLimits(cfg.risk))
+        price = float(rt.exchange.fetch_ticker(SYMBOL)["last"])
+        ProtectiveStops(rt, orders, stop_policy(cfg), [SYMBOL]).maintain(
+            {SYMBOL: price}, StoppableBudget(10.0, threading.Event()))
+    finally:
+        rt.store.close()
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_the_watchdog_flatten_cancels_the_stop_then_sells_once(paper_exchange, interrupted):
+    from tests.watchdog.trading import balance, bot_buys, bot_store, exchange_cfg, ledger_orders
+    from watchdog.emergency import flatten
+
+    owners = 0.05
+    paper_exchange.deposit("BTC", owners)
+    cfg = exchange_cfg(paper_exchange, TRADEGUARD_WATCHDOG_EMERGENCY_TIMEOUT_S="3")
+    bot_buys(cfg, SYMBOL, 0.01)
+    _place_stop(cfg)
+    stop = [o for o in ledger_orders(paper_exchange, "tg-tg1-") if o["type"] == "STOP_LOSS_LIMIT"]
+    assert len(stop) == 1 and stop[0]["status"] == "NEW"
+    assert balance(paper_exchange, "BTC", "locked") == pytest.approx(0.01)
+    if interrupted:  # the stop is canceled, then every sell fails until the flatten gives up
+        paper_exchange.add_fault(method="POST", path="/api/v3/order", action="respond", status=503,
+                                 times=None)
+        first = flatten(cfg, "test")
+        assert first.state != "done"
+        paper_exchange.clear_faults()
+        assert balance(paper_exchange, "BTC", "locked") == pytest.approx(0.0)  # the stop is gone
+
+    r = flatten(exchange_cfg(paper_exchange), "test")  # again (resumed), with time to pass the fence
+
+    assert r.state == "done", r
+    assert balance(paper_exchange, "BTC") == pytest.approx(owners)  # all the bot's, nothing more
+    assert balance(paper_exchange, "BTC", "locked") == pytest.approx(0.0)
+    sells = [o for o in ledger_orders(paper_exchange, "tg-tg1-x") if o["status"] == "FILLED"]
+    assert sum(float(o["executedQty"]) for o in sells) == pytest.approx(0.01)  # sold once
+    assert next(o for o in ledger_orders(paper_exchange, "tg-tg1-")
+                if o["clientOrderId"] == stop[0]["clientOrderId"])["status"] == "CANCELED"
+    with bot_store(cfg) as store:
+        assert store.get_order(stop[0]["clientOrderId"]).state == "CANCELED"
+        assert store.positions()[SYMBOL].amount == pytest.approx(0.0)
