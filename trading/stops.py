@@ -152,12 +152,8 @@ class ProtectiveStops:
                 continue
             self.orders.cancel(o, "protective stop resized: the position changed" if want > 0 else
                                "protective stop no longer needed: no position", budget)
-        if keep is not None or want <= 0:
+        if keep is not None or want <= 0 or not self._settled(stops):
             return
-        if any(o.state not in FINAL for o in self.live(symbol)):
-            return  # a cancel is not confirmed yet: the coins may still be locked
-        if any(as_float(o.filled) > FILL_EPS and o.state in FINAL for o in stops):
-            return  # the canceled stop traded: fills first, the next pass sizes the new one
         if price is not None and price <= stop:
             self._stop_breached(symbol, amount - locked, price, stop, budget)
             return
@@ -188,11 +184,18 @@ class ProtectiveStops:
         for o in stops:
             if o.state == "OPEN":
                 self.orders.cancel(o, "exit: the stop's coins are sold by the exit", budget)
-        after = [self.rt.store.get_order(o.client_order_id, decrypt=False) for o in stops]
-        if any(a is not None and a.state not in FINAL for a in after):
-            return False
-        return not any(a is not None and as_float(a.filled) > as_float(b.filled) + FILL_EPS
-                       for a, b in zip(after, stops))
+        return self._settled(stops)
+
+    def _settled(self, canceled: list[Any]) -> bool:
+        """Every one of these (just canceled) stops is final and none traded meanwhile: the coins
+        they locked are free and the position the caller sized from still holds."""
+        for before in canceled:
+            now = self.rt.store.get_order(before.client_order_id, decrypt=False)
+            if now is None:
+                continue
+            if now.state not in FINAL or as_float(now.filled) > as_float(before.filled) + FILL_EPS:
+                return False
+        return True
 
 
 def _amount_step(exchange: Any, symbol: str) -> float:
