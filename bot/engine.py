@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 import ccxt
@@ -29,7 +30,8 @@ from trading.ratelimit import load_rate_limits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
 from trading.stops import ProtectiveStops, stop_policy
 from bot.sizing import order_spec
-from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
+from bot.strategy import (Cancel, FillEvent, LoadedStrategy, MarketData, OpenOrder, TickContext,
+                          to_actions)
 from resilience.netcause import describe
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
 from tradeguard.heartbeat import Heartbeat, HeartbeatFile
@@ -42,6 +44,7 @@ FILLS_LOOKBACK_S = 86400.0  # startup: orders changed this long before the last 
 WRITE_PROBE_KEY = "bot.write_probe"  # rewritten while in safe for a failed commit: is it back?
 EXCHANGE_ERRORS = (ccxt.BaseError, CircuitOpenError, RetryBudgetExhausted, OSError)
 WATCHDOG = "watchdog"  # KillState.by of a kill switch the watchdog engaged
+FILL_EVENTS_MAX = 10000  # fills waiting for the strategy's on_fill; the oldest dropped beyond
 
 
 class Bot:
@@ -56,7 +59,8 @@ class Bot:
         self.stop = stop or threading.Event()
         self.symbols = list(self.cfg.exchange.symbols)
         self.risk = RiskLimits(self.cfg.risk, clock=rt.clock)
-        self.orders = OrderBook(rt, self.risk)
+        self._new_fills: deque[FillEvent] = deque(maxlen=FILL_EVENTS_MAX)
+        self.orders = OrderBook(rt, self.risk, on_fill=self._note_fill)
         for ts in recent_submissions(rt.store.path, time.time() - 60.0):  # the rate survives restarts
             self.risk.note_submitted(ts)
         s = strategy.instance
@@ -118,6 +122,7 @@ class Bot:
                 kill = self.rt.killswitch.check()  # recovery may have engaged it
             if self.recovered:
                 self._trade(kill, budget)
+                self._tell_fills()
         except KillSwitchEngaged as e:
             log.warning("tick stopped: %s", e)
         except Exception as e:  # noqa: BLE001 - a tick's failure must never end the bot
@@ -303,6 +308,26 @@ class Bot:
         self.reconciler.run(budget)
         self.guard.note_balance(self.reconciler.balance)
         self.save_strategy()
+
+    def _note_fill(self, fill: Any, order: Any) -> None:
+        self._new_fills.append(FillEvent(fill.client_order_id or order.client_order_id, fill.symbol,
+                                         fill.side, fill.amount, fill.price, fill.fee,
+                                         fill.fee_currency, order.purpose, fill.ts))
+
+    def _tell_fills(self) -> None:
+        """The strategy's ``on_fill`` for each new fill; a raise is the strategy's bug, isolated."""
+        on_fill = getattr(self.strategy.instance, "on_fill", None)
+        while self._new_fills:
+            f = self._new_fills.popleft()
+            if not callable(on_fill):
+                continue
+            try:
+                on_fill(f)
+            except Exception as e:  # noqa: BLE001 - a strategy's bug is isolated to its call
+                log.error("strategy on_fill failed for %s: %s: %s", f.client_order_id,
+                          type(e).__name__, e, exc_info=True)
+                recorder.record("strategy.error", SOURCE, f"on_fill failed: {type(e).__name__}: "
+                                f"{e}"[:500], severity="error", strategy=self.strategy.spec)
 
     def _run_strategy(self, market: dict[str, MarketData], degradation: str) -> list[Any]:
         ctx = TickContext(time.time(), market, self.positions(), tuple(self.open_orders()), degradation)

@@ -9,6 +9,9 @@ as ``[bot] strategy = "package.module:Class"`` or ``"/path/file.py:Class"``; the
 Class attributes tell the bot what data to fetch: ``timeframe`` and ``ohlcv_limit`` (0 = no
 candles), refreshed at most every ``ohlcv_refresh_s``. Optional ``snapshot() -> dict`` and
 ``restore(dict)`` keep the strategy's own state across restarts (stored in state.db).
+Optional ``on_fill(fill: FillEvent)`` hears every fill of the bot's orders — its own, the
+protective stops', and those adopted from the exchange after a restart — at most once each (a
+fill recorded just before a crash is not told again), after the tick that recorded it.
 """
 from __future__ import annotations
 
@@ -50,6 +53,21 @@ class OpenOrder:
     purpose: str
     created_at: float
     tag: str = ""
+
+
+@dataclass(frozen=True)
+class FillEvent:
+    """One fill of one of the bot's orders (``purpose``: entry, exit or protective — a stop)."""
+
+    client_order_id: str
+    symbol: str
+    side: str
+    amount: float
+    price: float
+    fee: float
+    fee_currency: str | None
+    purpose: str
+    ts: float  # unix seconds of the trade on the exchange
 
 
 @dataclass(frozen=True)
@@ -122,6 +140,9 @@ class Strategy:
     def on_tick(self, ctx: TickContext) -> Iterable[Action]:
         """Return the actions for this tick (an empty list to do nothing)."""
         raise NotImplementedError
+
+    def on_fill(self, fill: FillEvent) -> None:
+        """A fill of one of the bot's orders (optional)."""
 
     def snapshot(self) -> dict[str, Any] | None:
         """State to keep across restarts (JSON-serialisable), or None."""

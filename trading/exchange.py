@@ -56,6 +56,13 @@ class PaperBinance(ccxt.binance):
         return super().get_exceptions_by_url(url, exactOrBroad)
 
 
+def check_exchange_id(ex_id: str) -> None:
+    """ConfigError unless ``ex_id`` is 'paper' or a ccxt exchange id."""
+    if ex_id != "paper" and ex_id not in ccxt.exchanges:
+        raise ConfigError(f"[exchange] id = {ex_id!r}: not a ccxt exchange id "
+                          "(e.g. 'binance', 'kraken', 'okx') and not 'paper'")
+
+
 def capabilities(exchange_id: str) -> dict[str, Any]:
     return CAPABILITIES.get(exchange_id, CAPABILITIES["default"])
 
@@ -86,9 +93,7 @@ def _paper_client(cfg: Config, role: str, environ: Mapping[str, str]) -> ccxt.Ex
 
 def _real_client(cfg: Config, role: str, environ: Mapping[str, str]) -> ccxt.Exchange:
     ex_id = cfg.exchange.id
-    if ex_id not in ccxt.exchanges:
-        raise ConfigError(f"[exchange] id = {ex_id!r}: not a ccxt exchange id "
-                          "(e.g. 'binance', 'kraken', 'okx') and not 'paper'")
+    check_exchange_id(ex_id)
     keys = cfg.runtime.keys_dir
     creds = {name: load_secret(f"exchange.{name}", file=keys / f"exchange.{name}",
                                env=f"TRADEGUARD_EXCHANGE_{name.upper()}", environ=environ)

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ccxt
 
@@ -98,9 +98,11 @@ def recent_submissions(db: Path, since: float) -> list[float]:
 class OrderBook:
     """Places, resolves, follows and cancels the bot's orders; records fills."""
 
-    def __init__(self, rt: Runtime, risk: RiskLimits):
+    def __init__(self, rt: Runtime, risk: RiskLimits,
+                 on_fill: Callable[[Fill, Order], None] | None = None):
         self.rt = rt
         self.risk = risk
+        self.on_fill = on_fill  # told of every fill recorded for the first time
         self.fence = Fence(rt)
         self._unresolved: dict[str, _Unresolved] = {}
         self._fills_due: set[str] = set()
@@ -451,6 +453,8 @@ class OrderBook:
                         ts=as_float(t.get("timestamp")) / 1000.0 or time.time(), raw=t.get("info"))
             if self.store.add_fill(fill):
                 new += 1
+                if self.on_fill is not None:
+                    self.on_fill(fill, o)
                 recorder.record("order.fill", SOURCE, f"{o.client_order_id}: {fill.side} {fill.amount:g} "
                                 f"{fill.symbol} @ {fill.price:g}", client_order_id=o.client_order_id,
                                 fill_id=fill.fill_id, symbol=fill.symbol, side=fill.side,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blackbox import recorder
-from trading.exchange import capabilities, tradable_amount
+from trading.exchange import capabilities, check_exchange_id, tradable_amount
 from trading.orders import FILL_EPS, FINAL, IN_FLIGHT, STOP_PRICE_KEY, OrderBook, OrderSpec, as_float
 from trading.runtime import Budget, Runtime
 from tradeguard.config import Config
@@ -37,6 +37,7 @@ def stop_policy(cfg: Config) -> "StopPolicy | None":
     """The stops this configuration asks for on its venue; None when turned off
     (``[risk] stop_loss_pct = 0``). ConfigError when the venue cannot hold them."""
     pct = cfg.risk.stop_loss_pct
+    check_exchange_id(cfg.exchange.id)  # a typo is named as one, not as a venue without stops
     if not pct:
         return None
     kind = "limit" if cfg.risk.stop_limit_offset_pct else "market"

@@ -27,6 +27,11 @@ from bot.strategy import Order, Strategy
 class Scripted(Strategy):
     def __init__(self, commands):
         self.path = Path(commands)
+        self.fills = self.path.with_name("fills.jsonl")
+
+    def on_fill(self, fill):
+        with self.fills.open("a") as f:
+            f.write(json.dumps([fill.client_order_id, fill.purpose, fill.side, fill.amount]) + "\\n")
 
     def on_tick(self, ctx):
         try:
@@ -57,6 +62,8 @@ def scripted(bot_factory, paper_exchange_factory, tmp_path):
     def run(*cmds: tuple[str, float]) -> None:
         pending = json.loads(commands.read_text())
         commands.write_text(json.dumps(pending + [list(c) for c in cmds]))
+
+    run.fills = commands.with_name("fills.jsonl")  # what the strategy's on_fill heard
 
     def start(**env: str):
         bot = bot_factory(paper=paper, strategy=f"{strategy}:Scripted",
@@ -142,6 +149,12 @@ def test_entry_gets_a_stop_that_follows_the_position_and_fills_as_an_exit(script
                if f["client_order_id"] == resting["clientOrderId"]) == pytest.approx(0.01)
     bot.wait_ticks(5)
     assert _stops_on_exchange(bot) == [] and consistency_problems(bot.state_reader(), bot.paper) == []
+    # the strategy heard every fill once, the stop's as "protective"
+    told = [json.loads(line) for line in run.fills.read_text().splitlines()]
+    purposes = {o["client_order_id"]: o["purpose"] for o in bot.state_reader().orders()}
+    assert sorted(told) == sorted([f["client_order_id"], purposes[f["client_order_id"]], f["side"],
+                                   f["amount"]] for f in bot.state_reader().fills())
+    assert sum(t[3] for t in told if t[1] == "protective") == pytest.approx(0.01)
 
 
 def test_a_failed_exit_puts_the_stop_back(scripted):
