@@ -179,3 +179,12 @@ def tradable_amount(exchange: ccxt.Exchange, symbol: str, amount: float, price: 
             (price is not None and min_cost and value * price < min_cost):
         return 0.0
     return value
+
+
+def amount_step(exchange: ccxt.Exchange, symbol: str) -> float:
+    """The market's lot step (0.0 when unknown)."""
+    try:
+        prec = exchange.markets[symbol]["precision"]["amount"]
+        return float(prec) if prec is not None else 0.0
+    except (KeyError, TypeError, ValueError):
+        return 0.0

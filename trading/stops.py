@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blackbox import recorder
-from trading.exchange import capabilities, check_exchange_id, tradable_amount
+from trading.exchange import amount_step, capabilities, check_exchange_id, tradable_amount
 from trading.orders import FILL_EPS, FINAL, IN_FLIGHT, STOP_PRICE_KEY, OrderBook, OrderSpec, as_float
 from trading.runtime import Budget, Runtime
 from tradeguard.config import Config
@@ -144,7 +144,7 @@ class ProtectiveStops:
         stop, limit = self.policy.prices(ex, symbol, entry) if entry > 0 else (0.0, None)
         want = tradable_amount(ex, symbol, amount - locked, limit or stop) if entry > 0 else 0.0
         stops = [o for o in live if o.purpose == "protective"]
-        step = _amount_step(ex, symbol)
+        step = amount_step(ex, symbol)
         keep = None
         for o in stops:
             right = want > 0 and abs((o.amount - o.filled) - want) <= step / 2 + FILL_EPS
@@ -197,11 +197,3 @@ class ProtectiveStops:
             if now.state not in FINAL or as_float(now.filled) > as_float(before.filled) + FILL_EPS:
                 return False
         return True
-
-
-def _amount_step(exchange: Any, symbol: str) -> float:
-    try:
-        prec = exchange.markets[symbol]["precision"]["amount"]
-        return float(prec) if prec is not None else 0.0
-    except (KeyError, TypeError, ValueError):
-        return 0.0
