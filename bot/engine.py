@@ -366,7 +366,17 @@ class Bot:
                 # spot: the stop locks the coins. Canceled first; the sell waits for a later tick
                 # while the cancel is unconfirmed or the stop traded (the position changed)
                 continue
+            if spec.purpose == "entry" and getattr(a, "stop_loss_pct", None) is not None:
+                self._strategy_stop(spec.symbol, a.stop_loss_pct)
             self._step("order", self.orders.place, spec, book, budget)
+
+    def _strategy_stop(self, symbol: str, pct: float) -> None:
+        """The strategy's own stop distance for this position (until it is flat again)."""
+        if self.stops is None:
+            log.warning("strategy asked for a %g %% stop on %s, but protective stops are off "
+                        "([risk] stop_loss_pct = 0): none is placed", pct, symbol)
+            return
+        self.stops.set_pct(symbol, pct)
 
     def _cancel_action(self, a: Cancel, budget: Budget) -> None:
         o = self.rt.store.get_order(a.client_order_id)
@@ -381,7 +391,8 @@ class Bot:
     def open_orders(self) -> list[OpenOrder]:
         return [OpenOrder(o.client_order_id, o.symbol, o.side, o.type, o.amount,
                           o.price, o.filled, o.state, o.purpose, o.created_at,
-                          o.reason or "")
+                          o.reason or "", self.stops.stop_price(o.client_order_id)
+                          if self.stops is not None and o.purpose == "protective" else None)
                 for o in self.orders.live_orders()]
 
     def current_state(self) -> str:

@@ -53,6 +53,7 @@ class OpenOrder:
     purpose: str
     created_at: float
     tag: str = ""
+    stop_price: float | None = None  # a protective stop's trigger price
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class TickContext:
         return [o for o in self.open_orders if o.symbol == symbol]
 
 
+def _check_stop(pct: float | None) -> None:
+    if pct is not None and not 0 < pct <= 50:
+        raise ValueError(f"stop_loss_pct must be > 0 and <= 50, not {pct!r}")
+
+
 @dataclass(frozen=True)
 class Order:
     """Send this order. ``amount`` in base units; ``price`` only for limit orders."""
@@ -94,8 +100,12 @@ class Order:
     type: str = "market"  # "market" | "limit"
     price: float | None = None
     tag: str = ""  # free text kept with the order (e.g. why it was placed)
+    stop_loss_pct: float | None = None  # buys: the position's stop this % below its entry
 
     def __post_init__(self) -> None:
+        _check_stop(self.stop_loss_pct)
+        if self.stop_loss_pct is not None and self.side != "buy":
+            raise ValueError("stop_loss_pct is for buys: the position's stop is set by its entry")
         if self.side not in ("buy", "sell"):
             raise ValueError(f"side must be 'buy' or 'sell', not {self.side!r}")
         if self.type not in ("market", "limit"):
@@ -113,8 +123,10 @@ class Target:
     symbol: str
     amount: float
     tag: str = ""
+    stop_loss_pct: float | None = None  # the position's stop this % below its entry
 
     def __post_init__(self) -> None:
+        _check_stop(self.stop_loss_pct)
         if self.amount < 0:
             raise ValueError("spot positions cannot be negative")
 

@@ -31,6 +31,7 @@ from tradeguard.exceptions import ConfigError
 log = logging.getLogger(__name__)
 SOURCE = "trading.stops"
 TAG = "protective stop"
+PCT_KEY = "stop_loss_pct.{}"  # kv: a strategy's own stop distance for a symbol's position
 
 
 def stop_policy(cfg: Config) -> "StopPolicy | None":
@@ -63,9 +64,11 @@ class StopPolicy:
         """The ccxt type of the stop order: ``limit`` (stop-limit) or ``market`` (stop-market)."""
         return "limit" if self.limit_offset_pct else "market"
 
-    def prices(self, exchange: Any, symbol: str, entry: float) -> tuple[float, float | None]:
-        """(stop price, limit price or None) for a position entered at ``entry``."""
-        stop = float(exchange.price_to_precision(symbol, entry * (1 - self.pct / 100)))
+    def prices(self, exchange: Any, symbol: str, entry: float,
+               pct: float | None = None) -> tuple[float, float | None]:
+        """(stop price, limit price or None) for a position entered at ``entry``, ``pct`` (else
+        ``[risk] stop_loss_pct``) below it."""
+        stop = float(exchange.price_to_precision(symbol, entry * (1 - (pct or self.pct) / 100)))
         if not self.limit_offset_pct:
             return stop, None
         return stop, float(exchange.price_to_precision(symbol, stop * (1 - self.limit_offset_pct / 100)))
@@ -80,6 +83,23 @@ class ProtectiveStops:
         self.policy = policy
         self.symbols = list(symbols)
         self._bare_since: dict[str, float] = {}  # symbol -> since when a position has no stop
+        self._pct: dict[str, float | None] = {}  # kv PCT_KEY, read once
+
+    # --- a strategy's own distance -------------------------------------------------------
+    def set_pct(self, symbol: str, pct: float) -> None:
+        """Stops of ``symbol``'s position ``pct`` below its entry, until the position is flat."""
+        self._set_pct(symbol, pct)
+
+    def pct(self, symbol: str) -> float | None:
+        if symbol not in self._pct:
+            v = self.rt.store.kv_get(PCT_KEY.format(symbol))
+            self._pct[symbol] = float(v) if isinstance(v, (int, float)) else None
+        return self._pct[symbol]
+
+    def _set_pct(self, symbol: str, pct: float | None) -> None:
+        if self.pct(symbol) != pct:
+            self.rt.store.kv_set(PCT_KEY.format(symbol), pct)
+            self._pct[symbol] = pct
 
     # --- views ---------------------------------------------------------------------------
     def stop_price(self, cid: str) -> float | None:
@@ -141,13 +161,16 @@ class ProtectiveStops:
         locked = sum(max(0.0, o.amount - o.filled) for o in live
                      if o.side == "sell" and o.purpose != "protective")
         entry = pos.avg_price if pos is not None and amount > FILL_EPS else 0.0
-        stop, limit = self.policy.prices(ex, symbol, entry) if entry > 0 else (0.0, None)
+        if entry <= 0 and not live and self.pct(symbol) is not None:
+            self._set_pct(symbol, None)  # flat, nothing working: the next entry sets its own
+        stop, limit = self.policy.prices(ex, symbol, entry, self.pct(symbol)) if entry > 0 else (0.0, None)
         want = tradable_amount(ex, symbol, amount - locked, limit or stop) if entry > 0 else 0.0
         stops = [o for o in live if o.purpose == "protective"]
         step = amount_step(ex, symbol)
         keep = None
         for o in stops:
-            right = want > 0 and abs((o.amount - o.filled) - want) <= step / 2 + FILL_EPS
+            right = want > 0 and abs((o.amount - o.filled) - want) <= step / 2 + FILL_EPS and \
+                self.stop_price(o.client_order_id) == stop
             if keep is None and right:
                 keep = o
                 continue

@@ -40,11 +40,11 @@ class Scripted(Strategy):
             return []
         if not cmds or any(o.state != "OPEN" for o in ctx.open_orders):
             return []
-        side, amount = cmds[0]
+        side, amount, *stop = cmds[0]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cmds[1:]))
         os.replace(tmp, self.path)
-        return [Order("BTC/USDT", side, amount, tag="scripted")]
+        return [Order("BTC/USDT", side, amount, tag="scripted", stop_loss_pct=stop[0] if stop else None)]
 """
 SYMBOL = "BTC/USDT"
 
@@ -305,3 +305,17 @@ def test_the_watchdog_flatten_cancels_the_stop_then_sells_once(paper_exchange, i
     with bot_store(cfg) as store:
         assert store.get_order(stop[0]["clientOrderId"]).state == "CANCELED"
         assert store.positions()[SYMBOL].amount == pytest.approx(0.0)
+
+
+def test_a_strategy_sets_its_own_stop_distance_per_entry(scripted):
+    bot, run = scripted()
+    run(("buy", 0.01, 2.0))  # Order(stop_loss_pct=2): this position's stop 2 % below its entry
+    wait_until(lambda: _one_stop_sized(bot, 0.01), 15, interval=0.1, message="a stop for the entry")
+    assert float(_stops_on_exchange(bot)[0]["stopPrice"]) == pytest.approx(_avg_entry(bot) * 0.98, abs=0.01)
+    run(("sell", 0.01))
+    wait_until(lambda: _position(bot) == 0.0 and not _stops_on_exchange(bot), 15, interval=0.1,
+               message="flat, no stop")
+    run(("buy", 0.01))  # flat in between: the next entry without its own distance gets the default
+    wait_until(lambda: _one_stop_sized(bot, 0.01), 15, interval=0.1, message="a stop for the new entry")
+    entry = [f for f in bot.state_reader().fills() if f["side"] == "buy"][-1]["price"]
+    assert float(_stops_on_exchange(bot)[0]["stopPrice"]) == pytest.approx(entry * 0.95, abs=0.01)
