@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 import ccxt
@@ -28,8 +29,10 @@ from resilience.state import Archiver
 from trading.risk import RiskLimits
 from trading.ratelimit import load_rate_limits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
+from trading.stops import ProtectiveStops, stop_policy
 from bot.sizing import order_spec
-from bot.strategy import Cancel, LoadedStrategy, MarketData, OpenOrder, TickContext, to_actions
+from bot.strategy import (Cancel, FillEvent, LoadedStrategy, MarketData, OpenOrder, TickContext,
+                          to_actions)
 from resilience.netcause import describe
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
 from tradeguard.heartbeat import Heartbeat, HeartbeatFile
@@ -42,6 +45,7 @@ FILLS_LOOKBACK_S = 86400.0  # startup: orders changed this long before the last 
 WRITE_PROBE_KEY = "bot.write_probe"  # rewritten while in safe for a failed commit: is it back?
 EXCHANGE_ERRORS = (ccxt.BaseError, CircuitOpenError, RetryBudgetExhausted, OSError)
 WATCHDOG = "watchdog"  # KillState.by of a kill switch the watchdog engaged
+FILL_EVENTS_MAX = 10000  # fills waiting for the strategy's on_fill; the oldest dropped beyond
 
 
 class Bot:
@@ -56,13 +60,16 @@ class Bot:
         self.stop = stop or threading.Event()
         self.symbols = list(self.cfg.exchange.symbols)
         self.risk = RiskLimits(self.cfg.risk, clock=rt.clock)
-        self.orders = OrderBook(rt, self.risk)
+        self._new_fills: deque[FillEvent] = deque(maxlen=FILL_EVENTS_MAX)
+        self.orders = OrderBook(rt, self.risk, on_fill=self._note_fill)
         for ts in recent_submissions(rt.store.path, time.time() - 60.0):  # the rate survives restarts
             self.risk.note_submitted(ts)
         s = strategy.instance
         self.feed = MarketFeed(rt, self.symbols, getattr(s, "timeframe", "1m"),
                                getattr(s, "ohlcv_limit", 0), getattr(s, "ohlcv_refresh_s", 10.0))
         self.reconciler = Reconciler(rt, self.orders, self.symbols)
+        policy = stop_policy(self.cfg)  # ConfigError when the venue cannot hold the stops asked for
+        self.stops = ProtectiveStops(rt, self.orders, policy, self.symbols) if policy else None
         ret = self.cfg.retention
         self.archiver = Archiver(rt.store, max_age_s=ret.archive_after_days * 86400.0,
                                  batch=ret.batch_orders) if ret.enabled else None
@@ -116,6 +123,7 @@ class Bot:
                 kill = self.rt.killswitch.check()  # recovery may have engaged it
             if self.recovered:
                 self._trade(kill, budget)
+                self._tell_fills()
         except KillSwitchEngaged as e:
             log.warning("tick stopped: %s", e)
         except Exception as e:  # noqa: BLE001 - a tick's failure must never end the bot
@@ -186,6 +194,11 @@ class Bot:
         since = (previous or time.time()) - max(FILLS_LOOKBACK_S, MARGIN_S)
         self.orders.want_fills(store.order_ids(("OPEN", "FILLED", "CANCELED"), updated_since=since,
                                                filled_only=True))
+        if self.stops is not None and rt.killswitch.check() is None and not self.reconciler.pending():
+            # every position has its stop before the strategy runs
+            self._step("market data", self.feed.refresh, budget)
+            self.orders.sync_fills(budget)
+            self.stops.maintain(self.feed.prices, budget)
         self._restore_strategy()
         self.recovered = True
         log.info("recovered: %s; trading", rep.summary())
@@ -244,6 +257,8 @@ class Bot:
             if actions:
                 self._execute(actions, degradation, budget)
                 self._step("fills", self.orders.sync_fills, budget)
+        if self.stops is not None and kill is None and degradation != "safe":
+            self._step("protective stops", self.stops.maintain, self.feed.prices, budget)
         if time.time() - (self.reconciler.last or 0) >= self.cfg.bot.reconcile_interval_s:
             self._step("reconciliation", self._reconcile, budget)
         self._step("retention", self._archive, budget)
@@ -297,6 +312,26 @@ class Bot:
         self.guard.note_balance(self.reconciler.balance)
         self.save_strategy()
 
+    def _note_fill(self, fill: Any, order: Any) -> None:
+        self._new_fills.append(FillEvent(fill.client_order_id or order.client_order_id, fill.symbol,
+                                         fill.side, fill.amount, fill.price, fill.fee,
+                                         fill.fee_currency, order.purpose, fill.ts))
+
+    def _tell_fills(self) -> None:
+        """The strategy's ``on_fill`` for each new fill; a raise is the strategy's bug, isolated."""
+        on_fill = getattr(self.strategy.instance, "on_fill", None)
+        while self._new_fills:
+            f = self._new_fills.popleft()
+            if not callable(on_fill):
+                continue
+            try:
+                on_fill(f)
+            except Exception as e:  # noqa: BLE001 - a strategy's bug is isolated to its call
+                log.error("strategy on_fill failed for %s: %s: %s", f.client_order_id,
+                          type(e).__name__, e, exc_info=True)
+                recorder.record("strategy.error", SOURCE, f"on_fill failed: {type(e).__name__}: "
+                                f"{e}"[:500], severity="error", strategy=self.strategy.spec)
+
     def _run_strategy(self, market: dict[str, MarketData], degradation: str) -> list[Any]:
         ctx = TickContext(time.time(), market, self.positions(), tuple(self.open_orders()), degradation)
         try:
@@ -329,7 +364,22 @@ class Bot:
                 if self._degraded_skips == 1 or self._degraded_skips % 100 == 0:
                     log.info("%s: entry not sent (exits only) [%d skipped]", degradation, self._degraded_skips)
                 continue
+            if spec.side == "sell" and self.stops is not None and self.stops.live(spec.symbol) and \
+                    not self._step("release stop", self.stops.release, spec.symbol, budget):
+                # spot: the stop locks the coins. Canceled first; the sell waits for a later tick
+                # while the cancel is unconfirmed or the stop traded (the position changed)
+                continue
+            if spec.purpose == "entry" and getattr(a, "stop_loss_pct", None) is not None:
+                self._strategy_stop(spec.symbol, a.stop_loss_pct)
             self._step("order", self.orders.place, spec, book, budget)
+
+    def _strategy_stop(self, symbol: str, pct: float) -> None:
+        """The strategy's own stop distance for this position (until it is flat again)."""
+        if self.stops is None:
+            log.warning("strategy asked for a %g %% stop on %s, but protective stops are off "
+                        "([risk] stop_loss_pct = 0): none is placed", pct, symbol)
+            return
+        self.stops.set_pct(symbol, pct)
 
     def _cancel_action(self, a: Cancel, budget: Budget) -> None:
         o = self.rt.store.get_order(a.client_order_id)
@@ -344,7 +394,8 @@ class Bot:
     def open_orders(self) -> list[OpenOrder]:
         return [OpenOrder(o.client_order_id, o.symbol, o.side, o.type, o.amount,
                           o.price, o.filled, o.state, o.purpose, o.created_at,
-                          o.reason or "")
+                          o.reason or "", self.stops.stop_price(o.client_order_id)
+                          if self.stops is not None and o.purpose == "protective" else None)
                 for o in self.orders.live_orders()]
 
     def current_state(self) -> str:
@@ -370,20 +421,22 @@ class Bot:
     def heartbeat_detail(self, positions: dict[str, float]) -> dict[str, Any]:
         """The heartbeat's ``detail`` (docs/INTERNALS.md, "Heartbeat and pid file")."""
         m = self.rt.manager
+        stops = self._stops_report()
         if not self.recovered:
             attention = self._step_errors.get("recovery") and \
                 f"startup recovery pending: {self._step_errors['recovery']}"
         else:
             attention = self.store_fault or self.reconciler.attention() or "; ".join(
                 f"{step} failing: {msg}" for step, msg in self._faults.items())
-            attention = "; ".join(filter(None, (attention, self._strategy_attention())))
+            attention = "; ".join(filter(None, (attention, self._strategy_attention(),
+                                                self._stops_attention(stops))))
         return {
             "bot_id": self.rt.bot_id, "started_at": self.started_at, "degradation": self.state,
             "breakers": m.breaker_states(), "positions": positions,
             "open_orders": len(self.orders.live_orders()), "kill_switch": self.guard.mode,
             "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
             "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
-            "store_fault": self.store_fault,
+            "store_fault": self.store_fault, "stops": stops,
         }
 
     def _pnl_detail(self) -> dict[str, Any]:
@@ -392,6 +445,24 @@ class Bot:
         return {"prices": dict(self.feed.prices), "equity": self.guard.equity,
                 "day_start": None if start is None else
                 {"day": start.day, "pnl": start.pnl, "equity": start.equity}}
+
+    def _stops_report(self) -> dict[str, Any] | None:
+        """Each position's protective stop (None when stops are off)."""
+        if self.stops is None or not self.recovered:
+            return None
+        try:
+            return self.stops.report(self.feed.prices)
+        except sqlite3.Error as e:
+            log.warning("protective stops not reported: %s", e)
+            return None
+
+    def _stops_attention(self, stops: dict[str, Any] | None) -> str | None:
+        """Positions without a stop on the exchange for longer than ``[risk] stop_missing_attention_s``."""
+        now, limit = time.time(), self.cfg.risk.stop_missing_attention_s
+        bare = sorted(s for s, v in (stops or {}).items()
+                      if v["state"] == "missing" and now - v["since"] >= limit)
+        return f"no protective stop on the exchange for {', '.join(bare)} for over {limit:g} s" \
+            if bare else None
 
     def _strategy_attention(self) -> str | None:
         """Set while the strategy has raised on ``[bot] strategy_failures_attention`` ticks in a row."""

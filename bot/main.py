@@ -23,6 +23,7 @@ from trading.exchange import build_exchange
 from trading.failpoints import Failpoints
 from tradeguard.notify import Notifier
 from trading.runtime import Runtime
+from trading.stops import stop_policy
 from bot.strategy import load_strategy
 from resilience.keys import ensure_cipher
 from resilience.killswitch import KillSwitch
@@ -102,6 +103,9 @@ def run_bot(cfg: Config, *, environ: Mapping[str, str] | None = None,
     environ = os.environ if environ is None else environ
     paths = cfg.runtime.ensure()
     strategy = load_strategy(cfg.bot.strategy, cfg.bot.strategy_params)
+    if stop_policy(cfg) is None:  # ConfigError when the venue cannot hold the stops asked for
+        log.warning("protective stops are off ([risk] stop_loss_pct = 0): if this host dies, "
+                    "nothing limits the loss of the bot's positions")
     failpoints = Failpoints.load(paths.data_dir, environ)
     lock = hold_lock(paths.data_dir, "bot", "bot")  # one bot per state.db, race-free
     try:

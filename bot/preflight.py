@@ -23,6 +23,9 @@ def check_exchange(cfg: Config, environ: Mapping[str, str] | None = None) -> str
     Returns a one-line description of the exchange client the bot would build.
     """
     environ = os.environ if environ is None else environ
+    from trading.stops import stop_policy
+
+    stop_policy(cfg)  # stops asked for on a venue that has none: refused by name
     if cfg.exchange.id == "paper":
         from trading.paper_credentials import read_credentials
 

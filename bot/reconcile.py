@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from blackbox import recorder
-from trading.exchange import fetch_order_by_client_id
+from trading.exchange import amount_step, fetch_order_by_client_id
 from trading.history import ExchangeHistory, Report
 from trading.orders import FINAL, LIVE, OrderBook, as_float
 from trading.runtime import Budget, Runtime
@@ -127,7 +127,7 @@ class Reconciler:
             base = self.rt.exchange.markets[symbol]["base"]
             have = as_float(totals.get(base))
             mine = as_float(pos.amount)
-            step = _step(self.rt.exchange, symbol)
+            step = amount_step(self.rt.exchange, symbol)
             if mine > have + max(POSITION_TOL, step / 2) or mine < -POSITION_TOL:
                 rep.problems.append({
                     "kind": "position", "symbol": symbol, "state": mine, "exchange": max(have, 0.0),
@@ -152,11 +152,3 @@ class Reconciler:
         if self.rt.killswitch.check() is None:
             log.error("reconciliation found what it cannot explain; halting until `tradeguard resume`: %s", what)
             self.rt.engage_kill("halt", f"reconciliation: {what}"[:500])
-
-
-def _step(exchange: Any, symbol: str) -> float:
-    try:
-        prec = exchange.markets[symbol]["precision"]["amount"]
-        return float(prec) if prec is not None else 0.0
-    except (KeyError, TypeError, ValueError):
-        return 0.0

@@ -9,6 +9,9 @@ as ``[bot] strategy = "package.module:Class"`` or ``"/path/file.py:Class"``; the
 Class attributes tell the bot what data to fetch: ``timeframe`` and ``ohlcv_limit`` (0 = no
 candles), refreshed at most every ``ohlcv_refresh_s``. Optional ``snapshot() -> dict`` and
 ``restore(dict)`` keep the strategy's own state across restarts (stored in state.db).
+Optional ``on_fill(fill: FillEvent)`` hears every fill of the bot's orders — its own, the
+protective stops', and those adopted from the exchange after a restart — at most once each (a
+fill recorded just before a crash is not told again), after the tick that recorded it.
 """
 from __future__ import annotations
 
@@ -50,6 +53,22 @@ class OpenOrder:
     purpose: str
     created_at: float
     tag: str = ""
+    stop_price: float | None = None  # a protective stop's trigger price
+
+
+@dataclass(frozen=True)
+class FillEvent:
+    """One fill of one of the bot's orders (``purpose``: entry, exit or protective — a stop)."""
+
+    client_order_id: str
+    symbol: str
+    side: str
+    amount: float
+    price: float
+    fee: float
+    fee_currency: str | None
+    purpose: str
+    ts: float  # unix seconds of the trade on the exchange
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,11 @@ class TickContext:
         return [o for o in self.open_orders if o.symbol == symbol]
 
 
+def _check_stop(pct: float | None) -> None:
+    if pct is not None and not 0 < pct <= 50:
+        raise ValueError(f"stop_loss_pct must be > 0 and <= 50, not {pct!r}")
+
+
 @dataclass(frozen=True)
 class Order:
     """Send this order. ``amount`` in base units; ``price`` only for limit orders."""
@@ -76,8 +100,12 @@ class Order:
     type: str = "market"  # "market" | "limit"
     price: float | None = None
     tag: str = ""  # free text kept with the order (e.g. why it was placed)
+    stop_loss_pct: float | None = None  # buys: the position's stop this % below its entry
 
     def __post_init__(self) -> None:
+        _check_stop(self.stop_loss_pct)
+        if self.stop_loss_pct is not None and self.side != "buy":
+            raise ValueError("stop_loss_pct is for buys: the position's stop is set by its entry")
         if self.side not in ("buy", "sell"):
             raise ValueError(f"side must be 'buy' or 'sell', not {self.side!r}")
         if self.type not in ("market", "limit"):
@@ -95,8 +123,10 @@ class Target:
     symbol: str
     amount: float
     tag: str = ""
+    stop_loss_pct: float | None = None  # the position's stop this % below its entry
 
     def __post_init__(self) -> None:
+        _check_stop(self.stop_loss_pct)
         if self.amount < 0:
             raise ValueError("spot positions cannot be negative")
 
@@ -122,6 +152,9 @@ class Strategy:
     def on_tick(self, ctx: TickContext) -> Iterable[Action]:
         """Return the actions for this tick (an empty list to do nothing)."""
         raise NotImplementedError
+
+    def on_fill(self, fill: FillEvent) -> None:
+        """A fill of one of the bot's orders (optional)."""
 
     def snapshot(self) -> dict[str, Any] | None:
         """State to keep across restarts (JSON-serialisable), or None."""

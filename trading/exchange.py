@@ -29,12 +29,16 @@ CAPABILITIES: dict[str, dict[str, Any]] = {
                 "fetch_order_by_client_id": "origClientOrderId",
                 "max_client_order_id_len": 36,
                 "recv_window": True,  # a signed request executes only within recvWindow
-                "rate_headers": True},  # X-MBX-USED-WEIGHT-1M / X-MBX-ORDER-COUNT-10S
+                "rate_headers": True,  # X-MBX-USED-WEIGHT-1M / X-MBX-ORDER-COUNT-10S
+                # resting stop-loss sells ccxt places with ``stopLossPrice``: on a limit order
+                # STOP_LOSS_LIMIT, on a market order STOP_LOSS
+                "stop_loss": ("limit", "market")},
     "default": {"client_order_id_param": "clientOrderId",
                 "fetch_order_by_client_id": None,  # scan open and closed orders instead
                 "max_client_order_id_len": 32,
                 "recv_window": False,
-                "rate_headers": False},
+                "rate_headers": False,
+                "stop_loss": ()},  # unknown venue: no stop orders tradeguard relies on
 }
 CAPABILITIES["paper"] = CAPABILITIES["binance"]
 _CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]+$")
@@ -50,6 +54,13 @@ class PaperBinance(ccxt.binance):
         if url and self.paper_base_url and url.startswith(self.paper_base_url + "/"):
             return self.safe_dict(self.safe_dict(self.exceptions, "spot", {}), exactOrBroad, {})
         return super().get_exceptions_by_url(url, exactOrBroad)
+
+
+def check_exchange_id(ex_id: str) -> None:
+    """ConfigError unless ``ex_id`` is 'paper' or a ccxt exchange id."""
+    if ex_id != "paper" and ex_id not in ccxt.exchanges:
+        raise ConfigError(f"[exchange] id = {ex_id!r}: not a ccxt exchange id "
+                          "(e.g. 'binance', 'kraken', 'okx') and not 'paper'")
 
 
 def capabilities(exchange_id: str) -> dict[str, Any]:
@@ -82,9 +93,7 @@ def _paper_client(cfg: Config, role: str, environ: Mapping[str, str]) -> ccxt.Ex
 
 def _real_client(cfg: Config, role: str, environ: Mapping[str, str]) -> ccxt.Exchange:
     ex_id = cfg.exchange.id
-    if ex_id not in ccxt.exchanges:
-        raise ConfigError(f"[exchange] id = {ex_id!r}: not a ccxt exchange id "
-                          "(e.g. 'binance', 'kraken', 'okx') and not 'paper'")
+    check_exchange_id(ex_id)
     keys = cfg.runtime.keys_dir
     creds = {name: load_secret(f"exchange.{name}", file=keys / f"exchange.{name}",
                                env=f"TRADEGUARD_EXCHANGE_{name.upper()}", environ=environ)
@@ -170,3 +179,12 @@ def tradable_amount(exchange: ccxt.Exchange, symbol: str, amount: float, price: 
             (price is not None and min_cost and value * price < min_cost):
         return 0.0
     return value
+
+
+def amount_step(exchange: ccxt.Exchange, symbol: str) -> float:
+    """The market's lot step (0.0 when unknown)."""
+    try:
+        prec = exchange.markets[symbol]["precision"]["amount"]
+        return float(prec) if prec is not None else 0.0
+    except (KeyError, TypeError, ValueError):
+        return 0.0

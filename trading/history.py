@@ -124,7 +124,8 @@ class ExchangeHistory:
         o = self.orders.add(NewOrder(
             client_order_id=cid, seq=seq, bot_id=self.rt.bot_id,
             origin="watchdog" if emergency else "bot",
-            purpose="emergency" if emergency else ("entry" if side == "buy" else "exit"),
+            purpose="emergency" if emergency else ("entry" if side == "buy" else
+                                                   "protective" if _is_stop(ex) else "exit"),
             symbol=str(ex.get("symbol")), side=side, type=str(ex.get("type") or "market"),
             amount=as_float(ex.get("amount")),
             price=ex.get("price") if ex.get("type") == "limit" else None))
@@ -148,3 +149,8 @@ class ExchangeHistory:
                                 f"{o.client_order_id} adopted from the exchange",
                                 severity="warning", client_order_id=o.client_order_id,
                                 fill_id=str(t.get("id")))
+
+
+def _is_stop(ex: dict[str, Any]) -> bool:
+    """A resting stop-loss sell of the bot (its protective stop) has a trigger price."""
+    return any(as_float(ex.get(k)) > 0 for k in ("triggerPrice", "stopPrice", "stopLossPrice"))

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ccxt
 
@@ -44,6 +44,7 @@ MIN_MISSES = 3  # "not found" answers after the fence needed before a resubmissi
 MISS_INTERVAL_S = 0.5  # between those answers
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 5.0
 FILL_EPS = 1e-12
+STOP_PRICE_KEY = "stop_price.{}"  # kv: the trigger price of a protective order, by client order id
 BLOCKED_REPEAT_S = 60.0  # a risk block is reported once a minute per limit and symbol
 
 
@@ -56,9 +57,10 @@ class OrderSpec:
     type: str
     amount: float
     price: float | None
-    purpose: str  # entry | exit
+    purpose: str  # entry | exit | protective
     ref_price: float  # to value it for the risk limits
     tag: str = ""
+    stop_price: float | None = None  # a resting stop-loss (purpose protective) triggers here
 
 
 @dataclass
@@ -96,9 +98,11 @@ def recent_submissions(db: Path, since: float) -> list[float]:
 class OrderBook:
     """Places, resolves, follows and cancels the bot's orders; records fills."""
 
-    def __init__(self, rt: Runtime, risk: RiskLimits):
+    def __init__(self, rt: Runtime, risk: RiskLimits,
+                 on_fill: Callable[[Fill, Order], None] | None = None):
         self.rt = rt
         self.risk = risk
+        self.on_fill = on_fill  # told of every fill recorded for the first time
         self.fence = Fence(rt)
         self._unresolved: dict[str, _Unresolved] = {}
         self._fills_due: set[str] = set()
@@ -130,6 +134,8 @@ class OrderBook:
         """Positions, prices and amounts still open in live orders, for the risk limits."""
         b = Book({s: p.amount for s, p in self.store.positions().items()}, dict(prices))
         for o in self.live_orders():
+            if o.purpose == "protective":
+                continue  # the stop sells the position's own coins; an exit releases it first
             left = max(0.0, as_float(o.amount) - as_float(o.filled))
             side = b.open_buys if o.side == "buy" else b.open_sells
             side[o.symbol] = side.get(o.symbol, 0.0) + left
@@ -170,6 +176,8 @@ class OrderBook:
             self._blocked(spec, e)
             return None
         cid, seq = self.store.next_client_order_id(self.rt.bot_id)
+        if spec.stop_price is not None:  # kept before the intent: a resubmission sends the same stop
+            self.store.kv_set(STOP_PRICE_KEY.format(cid), spec.stop_price)
         o = self.add(NewOrder(
             client_order_id=cid, seq=seq, bot_id=self.rt.bot_id, origin="bot", purpose=spec.purpose,
             symbol=spec.symbol, side=spec.side, type=spec.type, amount=spec.amount, price=spec.price,
@@ -199,10 +207,15 @@ class OrderBook:
 
     def _submit(self, o: Order, budget: Budget, note: str) -> Order:
         rt = self.rt
+        params: dict[str, Any] = create_order_params(rt.exchange.id, o.client_order_id)
+        if o.purpose == "protective":  # a resting stop-loss: ccxt's unified trigger parameter
+            stop = self.store.kv_get(STOP_PRICE_KEY.format(o.client_order_id))
+            if not isinstance(stop, (int, float)):
+                return self.transition(o, "CANCELED", "not sent: its stop price is not recorded")
+            params["stopLossPrice"] = float(stop)
         o = self.transition(o, "SUBMITTING", note, attempts=int(o.attempts or 0) + 1)
         self.risk.note_submitted()
         rt.failpoints.hit("orders.before_submit")
-        params = create_order_params(rt.exchange.id, o.client_order_id)
         try:
             resp = checked_order(rt.call("orders", rt.exchange.create_order, o.symbol, o.type, o.side,
                                          o.amount, o.price, params, budget=budget, state_changing=True))
@@ -440,6 +453,8 @@ class OrderBook:
                         ts=as_float(t.get("timestamp")) / 1000.0 or time.time(), raw=t.get("info"))
             if self.store.add_fill(fill):
                 new += 1
+                if self.on_fill is not None:
+                    self.on_fill(fill, o)
                 recorder.record("order.fill", SOURCE, f"{o.client_order_id}: {fill.side} {fill.amount:g} "
                                 f"{fill.symbol} @ {fill.price:g}", client_order_id=o.client_order_id,
                                 fill_id=fill.fill_id, symbol=fill.symbol, side=fill.side,

@@ -67,7 +67,9 @@ def test_sigterm_cancels_entries_persists_notifies_and_exits_0(bot_factory, tmp_
 
 def test_sigterm_while_an_order_is_in_flight_records_its_fill_before_exiting(bot_factory):
     bot = bot_factory(strategy_params={"interval_s": 0.2, "limit_probability": 0.0},
-                      env={"TRADEGUARD_EXCHANGE_TIMEOUT_MS": "5000"})  # the delay is an answer, not a timeout
+                      # the delay is an answer, not a timeout; without protective stops the
+                      # request the fault holds is one of the demo's market orders
+                      env={"TRADEGUARD_EXCHANGE_TIMEOUT_MS": "5000", "TRADEGUARD_RISK_STOP_LOSS_PCT": "0"})
     bot.wait_state("running")
     fid = bot.paper.add_fault(method="POST", path="/api/v3/order", action="delay", seconds=2.0)
     # the fault is used up when a request takes it; that request is then held for 2 s

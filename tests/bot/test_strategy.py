@@ -112,3 +112,32 @@ def test_sma_acts_on_crossings_only():
     restored = SmaCross(fast=2, slow=4)
     restored.restore(s.snapshot())
     assert restored.snapshot() == s.snapshot()
+
+
+def test_demo_waits_after_its_stop_fills_before_entering_again():
+    from bot.strategies.demo import DemoStrategy
+    from bot.strategy import FillEvent, MarketData, Order, TickContext
+
+    def buys(s: DemoStrategy, now: float) -> list:
+        s._last_trade = float("-inf")
+        ctx = TickContext(now, {"BTC/USDT": MarketData("BTC/USDT", 50000.0)}, {}, (), "running")
+        return [a for a in s.on_tick(ctx) if isinstance(a, Order) and a.side == "buy"]
+
+    s = DemoStrategy(stop_cooldown_s=60.0, limit_probability=0.0)
+    s.on_fill(FillEvent("tg-tg1-9", "BTC/USDT", "sell", 0.001, 47000.0, 0.05, "USDT", "exit", 1000.0))
+    assert buys(s, 1001.0)  # an ordinary exit: entries go on
+    s.on_fill(FillEvent("tg-tg1-10", "BTC/USDT", "sell", 0.001, 47000.0, 0.05, "USDT", "protective", 1000.0))
+    assert buys(s, 1030.0) == []  # stopped out: no entry within the cooldown
+    assert buys(s, 1061.0)
+
+
+def test_stop_loss_pct_is_checked_where_it_is_given():
+    from bot.strategy import Order, Target
+
+    assert Order("BTC/USDT", "buy", 0.01, stop_loss_pct=2.5).stop_loss_pct == 2.5
+    assert Target("BTC/USDT", 0.01, stop_loss_pct=3).stop_loss_pct == 3
+    for bad in (0, -1, 51):
+        with pytest.raises(ValueError, match="stop_loss_pct"):
+            Order("BTC/USDT", "buy", 0.01, stop_loss_pct=bad)
+    with pytest.raises(ValueError, match="for buys"):
+        Order("BTC/USDT", "sell", 0.01, stop_loss_pct=2)

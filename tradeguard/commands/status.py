@@ -131,6 +131,21 @@ def _pnl_lines(p: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _stop_lines(stops: Any) -> list[str]:
+    """Each position's protective stop on the exchange, or that it has none."""
+    if not isinstance(stops, dict) or not stops:
+        return []
+    lines = ["  stops      :"]
+    for symbol, st in sorted(stops.items()):
+        if st.get("state") != "on_exchange":
+            lines.append(f"      {symbol}: NO STOP on the exchange")
+            continue
+        price = "?" if st.get("stop_price") is None else f"{st['stop_price']:g}"
+        dist = "" if st.get("distance_pct") is None else f", {st['distance_pct']:.2f}% below the price"
+        lines.append(f"      {symbol}: stop {price} for {st.get('amount') or 0:g} on the exchange{dist}")
+    return lines
+
+
 def format_status(s: dict[str, Any]) -> str:
     """The human-readable status report."""
     src = s["source"]
@@ -153,6 +168,7 @@ def format_status(s: dict[str, Any]) -> str:
         price = f" @ {o['price']:g}" if o.get("price") is not None else ""
         lines.append(f"      {o['client_order_id']}  {o['symbol']} {o['side']} {o['type']} "
                      f"{o['amount']:g}{price}  {o['state']}  filled {o['filled']:g}")
+    lines += _stop_lines(s.get("stops"))
     lines += _pnl_lines(s.get("pnl"))
     if s.get("needs_attention"):
         lines.append(f"  ATTENTION  : {s['needs_attention']}")

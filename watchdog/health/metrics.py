@@ -123,12 +123,22 @@ def _trading(s: dict[str, Any]) -> Iterator[Metric]:
 
 def _pnl(s: dict[str, Any]) -> Iterator[Metric]:
     """Equity and P&L (trading.pnl), and positions that have no protective stop."""
-    protected = {o["symbol"] for o in s["open_orders"] if o.get("purpose") == "protective"}
-    bare = _g("tradeguard_position_unprotected", "1 when a position has no protective stop order.",
-              None, ("symbol",))
+    stops = s.get("stops") or {}
+    bare = _g("tradeguard_position_unprotected", "1 when a position has no protective stop order "
+              "on the exchange.", None, ("symbol",))
+    price = _g("tradeguard_position_stop_price", "Trigger price of the position's protective stop.",
+               None, ("symbol",))
+    distance = _g("tradeguard_position_stop_distance_pct", "How far the last price is above the "
+                  "protective stop, in % of the price.", None, ("symbol",))
     for symbol, amount in sorted(s["positions"].items()):
-        bare.add_metric([symbol], float(bool(amount) and symbol not in protected))
+        stop = stops.get(symbol) or {}
+        bare.add_metric([symbol], float(bool(amount) and amount > 0 and stop.get("state") != "on_exchange"))
+        if stop.get("state") == "on_exchange":
+            price.add_metric([symbol], _nan(stop.get("stop_price")))
+            distance.add_metric([symbol], _nan(stop.get("distance_pct")))
     yield bare
+    yield price
+    yield distance
     p = s.get("pnl")
     if not p:
         return

@@ -69,6 +69,7 @@ def build_snapshot(cfg: Config, watchdog_state: dict[str, Any] | None = None) ->
         "breakers": _text_map(detail.get("breakers")),
         "positions": positions,
         "open_orders": db.get("open_orders", []),
+        "stops": _stops(positions, db.get("open_orders", []), detail.get("stops")),
         "open_orders_count": db["open_orders_count"] if db["available"]
         else int(_number(detail.get("open_orders")) or 0),
         "orders_by_state": db.get("orders_by_state", {}),
@@ -101,6 +102,31 @@ def _pnl(cfg: Config, detail: dict[str, Any], now: float) -> dict[str, Any] | No
         return pnl_report(cfg.runtime.state_db, detail, cfg.risk, now).to_dict()
     except sqlite3.Error:
         return None  # reported by state_db.available
+
+
+def _stops(positions: dict[str, float], open_orders: list[dict[str, Any]],
+           reported: Any) -> dict[str, dict[str, Any]]:
+    """Each position's protective stop: on the exchange (an OPEN protective order in state.db)
+    or missing, with the price, distance and since-when the bot reported (a dead bot's last word)."""
+    reported = reported if isinstance(reported, dict) else {}
+    out: dict[str, dict[str, Any]] = {}
+    for symbol, amount in sorted(positions.items()):
+        if not amount or amount <= 0:
+            continue
+        stops = [o for o in open_orders if o.get("symbol") == symbol and
+                 o.get("purpose") == "protective" and o.get("state") == "OPEN"]
+        r = reported.get(symbol) if isinstance(reported.get(symbol), dict) else {}
+        on = bool(stops)
+        out[symbol] = {
+            "state": "on_exchange" if on else "missing",
+            "client_order_id": stops[0]["client_order_id"] if on else None,
+            "amount": (stops[0]["amount"] - stops[0]["filled"]) if on else None,
+            "stop_price": _number(r.get("stop_price")) if on else None,
+            "limit_price": stops[0]["price"] if on else None,
+            "distance_pct": _number(r.get("distance_pct")) if on else None,
+            "missing_since": None if on else _number(r.get("since")),
+        }
+    return out
 
 
 # --- bot --------------------------------------------------------------------------------------
