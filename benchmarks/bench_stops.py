@@ -9,7 +9,7 @@ strategy that buys, waits for the stop, sells everything, and again. Both figure
 exchange's own ledger (its clock, ms):
 
 * fill -> stop resting: an entry's ``updateTime`` (its fill) to the ``time`` of the next
-  STOP_LOSS_LIMIT the exchange accepted (target: within one loop tick);
+  stop (STOP_LOSS by default) the exchange accepted (target: within one loop tick);
 * exit window: the stop's cancel (``updateTime`` of the canceled stop) to the ``time`` of the
   market sell that follows it — the coins are unprotected in between.
 """
@@ -58,7 +58,7 @@ def measure(ledger: list[dict]) -> tuple[list[float], list[float]]:
     """(fill -> stop ms, exit window ms) from the exchange's ledger, in order of time."""
     orders = sorted((o for o in ledger if o["clientOrderId"].startswith("tg-tg1-")),
                     key=lambda o: (o["time"], o["orderId"]))
-    stops = [o for o in orders if o["type"] == "STOP_LOSS_LIMIT"]
+    stops = [o for o in orders if o["type"] in ("STOP_LOSS", "STOP_LOSS_LIMIT")]
     to_stop, window = [], []
     for o in orders:
         if o["type"] != "MARKET" or o["status"] != "FILLED":

@@ -117,7 +117,7 @@ class RiskConfig:
     daily_loss_limit_pct: float = _f(0.0, "Daily loss as % of the day's starting equity that halts trading; 0 = off.", min=0, max=100)
     stop_loss_pct: float = _f(5.0, "Protective stop on the exchange for every position: a stop-loss sell this % below the position's average entry price, placed as soon as an entry fills and resized with the position; it outlives the host. 0 = no stops (the explicit switch: required on a venue without stop orders).", min=0, max=50)
     stop_missing_attention_s: float = _f(30.0, "A position without its protective stop on the exchange for longer than this is needs_attention (heartbeat, /health 503, an alert).", min=1, max=86400)
-    stop_limit_offset_pct: float = _f(0.5, "Stop-limit: the limit price this % below the stop price (STOP_LOSS_LIMIT); 0 = a stop-market order (STOP_LOSS) where the venue has one.", min=0, max=20)
+    stop_limit_offset_pct: float = _f(0.0, "0 = the stop sells at market when triggered (STOP_LOSS): the loss is bounded by the stop distance plus slippage, also through a gap. > 0 = a stop-limit (STOP_LOSS_LIMIT) with its limit this % below the stop price: no worse price than that, but a gap past the limit leaves it resting unfilled and the position unprotected.", min=0, max=20)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def test_sigkill_at_every_order_failpoint_then_restart(bot_factory):
             assert after["state"] == LEDGER_TO_STATE[on_exchange[0]["status"]]
             assert after["state"] == "FILLED" or victim["purpose"] == "protective"
         resting = [o for o in bot.paper.ledger()["orders"] if o["status"] == "NEW"
-                   and o["type"] == "STOP_LOSS_LIMIT"]
+                   and o["type"] in ("STOP_LOSS", "STOP_LOSS_LIMIT")]
         assert len(resting) <= len({o["symbol"] for o in resting}), resting  # one stop per symbol
         bot.kill(signal.SIGKILL)
     assert consistency_problems(bot.state_reader(), bot.paper) == []

@@ -115,16 +115,22 @@ def _avg_entry(bot) -> float:
     return sum(f["amount"] * f["price"] for f in fills) / sum(f["amount"] for f in fills)
 
 
-def test_entry_gets_a_stop_that_follows_the_position_and_fills_as_an_exit(scripted):
-    bot, run = scripted()
+@pytest.mark.parametrize("offset", [None, "0.5"])
+def test_entry_gets_a_stop_that_follows_the_position_and_fills_as_an_exit(scripted, offset):
+    bot, run = scripted(**({"TRADEGUARD_RISK_STOP_LIMIT_OFFSET_PCT": offset} if offset else {}))
     run(("buy", 0.01))
     wait_until(lambda: _one_stop_sized(bot, 0.01), 15, interval=0.1, message="a stop for the entry")
     stop = _stops_on_exchange(bot)[0]
     entry = _avg_entry(bot)
-    # the default: STOP_LOSS_LIMIT 5 % below the average entry, its limit 0.5 % below the stop
-    assert stop["type"] == "STOP_LOSS_LIMIT" and stop["side"] == "SELL"
+    # 5 % below the average entry (the default); by default it sells at market when triggered
+    # (STOP_LOSS), with an offset it is a stop-limit with its limit that far below the stop
+    assert stop["side"] == "SELL"
     assert float(stop["stopPrice"]) == pytest.approx(entry * 0.95, abs=0.01)
-    assert float(stop["price"]) == pytest.approx(float(stop["stopPrice"]) * 0.995, abs=0.01)
+    if offset is None:
+        assert stop["type"] == "STOP_LOSS"
+    else:
+        assert stop["type"] == "STOP_LOSS_LIMIT"
+        assert float(stop["price"]) == pytest.approx(float(stop["stopPrice"]) * 0.995, abs=0.01)
     assert float(bot.paper.balances()["BTC"]["locked"]) == pytest.approx(0.01)
 
     run(("sell", 0.004))  # an exit on spot: the stop is released, the sell fills, the rest is covered
@@ -235,9 +241,9 @@ def test_a_venue_without_stop_orders_is_refused_unless_stops_are_off(tmp_path):
     with pytest.raises(ConfigError, match=r"stop_loss_pct = 0"):
         stop_policy(_cfg(tmp_path))
     assert stop_policy(_cfg(tmp_path, stop_loss_pct=0)) is None
-    assert stop_policy(load_config(None, env={})).order_type == "limit"
-    assert stop_policy(load_config(None, env={"TRADEGUARD_RISK_STOP_LIMIT_OFFSET_PCT": "0"})).order_type \
-        == "market"
+    assert stop_policy(load_config(None, env={})).order_type == "market"  # the default: STOP_LOSS
+    assert stop_policy(load_config(None, env={"TRADEGUARD_RISK_STOP_LIMIT_OFFSET_PCT": "0.5"})) \
+        .order_type == "limit"
     with pytest.raises(ConfigError, match="stop_loss_pct"):
         load_config(None, env={"TRADEGUARD_RISK_STOP_LOSS_PCT": "-1"})
 
@@ -279,10 +285,12 @@ def test_the_watchdog_flatten_cancels_the_stop_then_sells_once(paper_exchange, i
 
     owners = 0.05
     paper_exchange.deposit("BTC", owners)
-    cfg = exchange_cfg(paper_exchange, TRADEGUARD_WATCHDOG_EMERGENCY_TIMEOUT_S="3")
+    # long enough for the first run to cancel the stop even on a loaded machine (it then fails
+    # on the sells: every one is answered 503 until the deadline)
+    cfg = exchange_cfg(paper_exchange, TRADEGUARD_WATCHDOG_EMERGENCY_TIMEOUT_S="8")
     bot_buys(cfg, SYMBOL, 0.01)
     _place_stop(cfg)
-    stop = [o for o in ledger_orders(paper_exchange, "tg-tg1-") if o["type"] == "STOP_LOSS_LIMIT"]
+    stop = [o for o in ledger_orders(paper_exchange, "tg-tg1-") if o["type"] == "STOP_LOSS"]
     assert len(stop) == 1 and stop[0]["status"] == "NEW"
     assert balance(paper_exchange, "BTC", "locked") == pytest.approx(0.01)
     if interrupted:  # the stop is canceled, then every sell fails until the flatten gives up
