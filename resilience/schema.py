@@ -175,6 +175,10 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> list[i
     """Apply the migrations up to ``target`` inside the caller's transaction; the versions applied."""
     if not conn.in_transaction:
         raise RuntimeError("migrate() must run inside a BEGIN IMMEDIATE transaction")
+    # The counters' triggers need it: INSERT OR REPLACE (the archiver's copy) must fire the delete
+    # trigger of the row it replaces. sqlite-utils' Database() set it on every connection that
+    # migrate() saw; it is now imported only when a migration runs, so the pragma is set here.
+    _first_row(conn, "PRAGMA recursive_triggers = ON")
     applied: list[int] = []
     versions = range(current_version(conn) + 1, target + 1)
     if not versions:
