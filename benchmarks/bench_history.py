@@ -216,14 +216,13 @@ def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
         cold, first_tick = [], []
         for run in range(args.runs):
             root = Path(tmp) / f"run{run}"
-            paths = copy_history(cached, root)
             if run == 0:
+                paths = copy_history(cached, root)
                 out["archive"] = None if args.unarchived else _archive(paths)
                 keep = root / "archived"  # the later runs start from the same policy-bound copy
                 shutil.copytree(paths.data_dir, keep / "data")
             else:
-                shutil.rmtree(paths.data_dir)
-                shutil.copytree(Path(tmp) / "run0" / "archived" / "data", paths.data_dir)
+                paths = copy_history(Path(tmp) / "run0" / "archived", root)
             px = _px(root / "paper")
             env = {**px.env, **FAST}
             if args.unarchived:
