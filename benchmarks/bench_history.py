@@ -5,10 +5,10 @@
 
 For each size N, a state.db with N closed orders is built through the store's own API (each
 order with one fill and three transitions, encrypted as the bot writes them; tests/helpers/
-history.py), spread evenly over ``--days`` (365) ending an hour ago. Building is slow (several
-ms an order on a shared 2-core machine), so each database is built once into ``--cache``
-(``benchmarks/.cache/``, gitignored; resumable: an interrupted build continues) and copied for
-every measurement. Then, on a copy:
+history.py), spread evenly over ``--days`` (365) ending an hour ago. Building takes 1-2 ms an
+order here (``StateStore.batch()``: 500 orders a transaction; 10^6 in ~25 min), so each database
+is built once into ``--cache`` (``benchmarks/.cache/``, gitignored; resumable: an interrupted
+build continues) and copied for every measurement. Then, on a copy:
 
 * ``archive``: the default retention policy ([retention] archive_after_days = 7) applied with
   the Archiver (batch after batch, as the bot does a slice per tick) -- its time, and state.db's
@@ -22,7 +22,11 @@ every measurement. Then, on a copy:
 * ``/health/detailed``: in-process ``build_snapshot`` with the state.db cache expired (a cache
   miss), median of 20;
 * ``flatten``: ``Emergency`` run (the watchdog's flatten, in-process) on the data dir until its
-  first order reaches the paper exchange; the watchdog's RSS after importing its modules.
+  first order reaches the paper exchange.
+
+And the watchdog's memory: RSS and USS of a real ``tradeguard watchdog`` process in a supervisord
+system (paper exchange, bot, watchdog) after ``--minute`` seconds, and its RSS after one
+/health/detailed and one /metrics scrape (``--watchdog-only`` measures just that).
 
 Also ``--unarchived``: the same measures with the whole history left in state.db (retention
 disabled): the hot paths must not care. Everything runs on 127.0.0.1 against a paper exchange.
@@ -212,14 +216,13 @@ def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
         cold, first_tick = [], []
         for run in range(args.runs):
             root = Path(tmp) / f"run{run}"
-            paths = copy_history(cached, root)
             if run == 0:
+                paths = copy_history(cached, root)
                 out["archive"] = None if args.unarchived else _archive(paths)
                 keep = root / "archived"  # the later runs start from the same policy-bound copy
                 shutil.copytree(paths.data_dir, keep / "data")
             else:
-                shutil.rmtree(paths.data_dir)
-                shutil.copytree(Path(tmp) / "run0" / "archived" / "data", paths.data_dir)
+                paths = copy_history(Path(tmp) / "run0" / "archived", root)
             px = _px(root / "paper")
             env = {**px.env, **FAST}
             if args.unarchived:
@@ -263,12 +266,33 @@ def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def watchdog_rss_mb() -> float:
-    """RSS of a process that has imported what ``tradeguard watchdog`` loads at start."""
-    code = ("import psutil, watchdog.main, watchdog.health.server; "
-            "print(psutil.Process().memory_info().rss)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return round(int(r.stdout.strip()) / 2**20, 1)
+def watchdog_rss_mb(seconds: float = 60.0) -> dict[str, Any]:
+    """RSS (and USS) of a real ``tradeguard watchdog``: a supervisord system (paper exchange, bot,
+    watchdog; benchmarks.bench_watchdog.System) after ``seconds``, then again after one
+    /health/detailed and one /metrics scrape (prometheus_client loads at the first scrape)."""
+    import psutil
+    import requests
+
+    from benchmarks.bench_watchdog import System
+
+    s = System(watchdog=True)
+    try:
+        proc = psutil.Process(s.rpc().getProcessInfo("watchdog")["pid"])
+        time.sleep(seconds)
+        mem = proc.memory_full_info()
+        out = {"after_s": seconds, "rss_mb": round(mem.rss / 2**20, 1),
+               "uss_mb": round(mem.uss / 2**20, 1)}
+        token = s.paths.health_token.read_text().strip()
+        url = f"http://127.0.0.1:{s.cfg.health.port}"
+        with requests.Session() as sess:
+            sess.trust_env = False
+            for path in ("/health/detailed", "/metrics"):
+                sess.get(url + path, headers={"Authorization": f"Bearer {token}"},
+                         timeout=10).raise_for_status()
+        out["rss_mb_after_scrape"] = round(proc.memory_info().rss / 2**20, 1)
+        return out
+    finally:
+        s.stop()
 
 
 def report(results: dict[Any, Any], sizes: list[int]) -> None:
@@ -285,13 +309,15 @@ def report(results: dict[Any, Any], sizes: list[int]) -> None:
               f"{r['db_check_s']:.2f} s | {r['health_detailed_miss_ms']:.1f} ms | "
               f"{'%.2f s' % fl['first_order_s'] if fl['first_order_s'] is not None else 'no position (%.2f s)' % fl['total_s']} | "
               f"{a.get('state_db_after_mb', r['state_db_mb_running'])} MB |")
-    print(f"\nwatchdog RSS after its imports: {results['watchdog_rss_mb']} MB")
+    wd = results["watchdog"]
+    print(f"\nwatchdog (real process, {wd['after_s']:.0f} s): RSS {wd['rss_mb']} MiB, USS {wd['uss_mb']} "
+          f"MiB; after a /metrics scrape: RSS {wd['rss_mb_after_scrape']} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000,100000",
-                    help="history sizes; add 1000000 for the 10^6 run (its build takes hours here)")
+                    help="history sizes; add 1000000 for the 10^6 run (its build: ~25 min here)")
     ap.add_argument("--days", type=float, default=365.0)
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--build-only", action="store_true")
@@ -299,7 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minute", type=float, default=60.0, help="seconds of the steady run")
     ap.add_argument("--unarchived", action="store_true",
                     help="measure with the whole history in state.db (retention off)")
+    ap.add_argument("--watchdog-only", action="store_true",
+                    help="only the real watchdog's memory (no history is built or measured)")
     args = ap.parse_args(argv)
+    if args.watchdog_only:
+        wd = watchdog_rss_mb(args.minute)
+        print(json.dumps(wd))
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     roots = {}
     for n in sizes:
@@ -309,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_only:
         return 0
     results = {n: measure(n, root, args) for n, root in roots.items()}
-    results["watchdog_rss_mb"] = watchdog_rss_mb()
+    results["watchdog"] = watchdog_rss_mb(args.minute)
     print(json.dumps(results, indent=2))
     report(results, sizes)
     return 0

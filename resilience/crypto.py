@@ -15,8 +15,7 @@ import hashlib
 import os
 from typing import Mapping
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from tradeguard.exceptions import FieldDecryptError, KeyFileError
 
@@ -26,6 +25,9 @@ NONCE_BYTES = 12
 KEY_ID_BYTES = 4
 HEADER_BYTES = 1 + KEY_ID_BYTES + NONCE_BYTES
 TAG_BYTES = 16
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
 def key_id(key: bytes) -> str:
@@ -50,6 +52,10 @@ class FieldCipher:
     """Encrypts and decrypts single column values under a set of named keys."""
 
     def __init__(self, keys: Mapping[str, bytes], current_key_id: str):
+        # imported here: OpenSSL's bindings cost ~9 MB, and processes that read state.db without
+        # the key (the watchdog's loop and health endpoint) never make a cipher
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         if current_key_id not in keys:
             raise KeyFileError(f"current key id {current_key_id} is not among the loaded keys")
         self._aead: dict[str, AESGCM] = {}
@@ -93,6 +99,8 @@ class FieldCipher:
             raise FieldDecryptError(
                 f"{where} was encrypted under field key {kid}, which is not loaded "
                 f"(loaded: {', '.join(self._aead)}); this key does not open this database")
+        from cryptography.exceptions import InvalidTag  # loaded with AESGCM in __init__
+
         nonce = blob[1 + KEY_ID_BYTES:HEADER_BYTES]
         try:
             return aead.decrypt(nonce, bytes(blob[HEADER_BYTES:]), _aad(table, pk, column, kid))

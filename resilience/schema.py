@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from sqlite_utils import Database
+if TYPE_CHECKING:  # imported by migrate() when a migration runs: it and its imports cost ~8 MB
+    from sqlite_utils import Database
 
 # (table, primary key columns, encrypted columns); see docs/ENCRYPTED_COLUMNS.md for why.
 ENCRYPTED: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -174,9 +175,18 @@ def migrate(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> list[i
     """Apply the migrations up to ``target`` inside the caller's transaction; the versions applied."""
     if not conn.in_transaction:
         raise RuntimeError("migrate() must run inside a BEGIN IMMEDIATE transaction")
+    # The counters' triggers need it: INSERT OR REPLACE (the archiver's copy) must fire the delete
+    # trigger of the row it replaces. sqlite-utils' Database() set it on every connection that
+    # migrate() saw; it is now imported only when a migration runs, so the pragma is set here.
+    _first_row(conn, "PRAGMA recursive_triggers = ON")
+    applied: list[int] = []
+    versions = range(current_version(conn) + 1, target + 1)
+    if not versions:
+        return applied
+    from sqlite_utils import Database
+
     db = Database(conn, execute_plugins=False)
-    applied = []
-    for version in range(current_version(conn) + 1, target + 1):
+    for version in versions:
         MIGRATIONS[version - 1](db)
         conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(version),)

@@ -28,6 +28,7 @@ API (Order, Fill, Position are frozen dataclasses; amounts are floats)::
         def adjust_position(self, symbol, amount, *, reason, price=None) -> None
         def kv_get(self, key, default=None); def kv_set(self, key, value) -> None
         def checkpoint(self) -> None
+        def batch(self)  # context: one transaction across many calls (bulk writers, not orders)
         def backup(self, dest: Path) -> None
         def check(self) -> dict
         def transitions(self, cid=None) -> list[Transition]          # the audit trail

@@ -8,8 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sqlite_utils import Database
-
 from resilience import schema
 from resilience.crypto import FieldCipher
 from resilience.state.canary import CANARY, _canary_blob, _verify_key
@@ -184,9 +182,10 @@ class _Reads:
         recounted), a count for the small tables."""
         with self._read() as c:
             kept = _counters(c)
-            db = Database(c, execute_plugins=False)
-            return {t: kept[t] if t in kept else db[t].count
-                    for t in schema.TABLES if db[t].exists()}
+            tables = {r[0] for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return {t: kept[t] if t in kept else _one(c, f"SELECT COUNT(*) FROM {t}")[0]
+                    for t in schema.TABLES if t in tables}
 
     def orders_by_state(self) -> dict[str, int]:
         """How many orders are in each state (non-zero ones), from the kept counters."""

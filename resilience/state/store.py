@@ -80,6 +80,7 @@ class StateStore(_Reads):
         self._checkpoint_every = max(int(checkpoint_every), 1)
         self._checkpoint_interval_s = float(checkpoint_interval_s)
         self._writes = 0  # since the last checkpoint
+        self._batched: _Connection | None = None  # inside batch(): its transaction's connection
         self._last_checkpoint = time.monotonic()
         self.quarantined: Path | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -186,13 +187,55 @@ class StateStore(_Reads):
                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     @contextmanager
+    def batch(self) -> Iterator["StateStore"]:
+        """Hold one transaction across every write made in the block (for bulk writers such as
+        an import or a history builder, never the order path): the rows are exactly what the same
+        calls write alone, but they become durable together, when the block ends. Each call
+        inside is still all or nothing (a SAVEPOINT): one that raises leaves nothing of itself
+        and the batch goes on; an exception leaving the block rolls the whole batch back. Other
+        threads using this store wait for the block; other processes' writers wait up to the
+        busy timeout, so keep batches short (a few thousand calls)."""
+        with self._lock:
+            if self._batched is not None:
+                raise StateError("batch() blocks do not nest")
+            with self._write() as c:
+                self._batched = c
+                try:
+                    yield self
+                finally:
+                    self._batched = None
+
+    def _outside_batch(self, what: str) -> None:
+        if self._batched is not None:
+            raise StateError(f"{what}() cannot run inside a batch() block (it ends transactions)")
+
+    @contextmanager
+    def _savepoint(self, c: _Connection) -> Iterator[_Connection]:
+        """One write inside a batch: all or nothing, without ending the batch's transaction."""
+        _one(c, "SAVEPOINT write")
+        try:
+            yield c
+        except BaseException:
+            c.finish_statements()
+            _one(c, "ROLLBACK TO write")
+            _one(c, "RELEASE write")
+            raise
+        c.finish_statements()
+        _one(c, "RELEASE write")
+
+    @contextmanager
     def _write(self) -> Iterator[_Connection]:
         """One short BEGIN IMMEDIATE transaction; commits on success, rolls back on error.
 
         Every cursor opened inside is closed before COMMIT/ROLLBACK: a statement still running
         (its cursor kept alive by anyone) would make COMMIT fail. A COMMIT that fails anyway
-        is rolled back, so the connection never stays inside a dead transaction."""
+        is rolled back, so the connection never stays inside a dead transaction. Inside
+        :meth:`batch` (same thread: the lock is held) a write is a savepoint of its transaction."""
         with self._read() as c:
+            if self._batched is not None:
+                with self._savepoint(c):
+                    yield c
+                return
             _begin_immediate(c)
             try:
                 yield c
@@ -449,6 +492,7 @@ class StateStore(_Reads):
         """Give up to ``pages`` free pages back to the file system (databases created with
         incremental auto-vacuum; a no-op for older ones). A short write of its own."""
         with self._read() as c:
+            self._outside_batch("release_free_pages")
             c.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
 
     def checkpoint(self, *, wait: bool = True) -> None:
@@ -458,6 +502,7 @@ class StateStore(_Reads):
         snapshot (the WAL is truncated at a later checkpoint) instead of waiting up to the busy
         timeout for it."""
         with self._read() as c, (nullcontext() if wait else _no_busy_wait(c)):
+            self._outside_batch("checkpoint")
             busy, log_frames, done = _one(c, "PRAGMA wal_checkpoint(TRUNCATE)")
             self._last_checkpoint = time.monotonic()
             self._writes = 0

@@ -1,26 +1,28 @@
-"""The health endpoint's Flask app: every route (unknown ones too) behind authentication.
+"""The health endpoint's WSGI app: every route (unknown ones too) behind authentication.
 
-Authentication runs in ``before_request`` through flask-httpauth (Basic or Bearer, chosen by
-the scheme of the ``Authorization`` header). Failures get one uniform 401 (or 429 with
-``Retry-After`` when a limit refused the attempt unchecked: see :mod:`watchdog.health.auth`),
-whatever went wrong: nothing tells a stranger which part was wrong, or whether a route exists.
-An authenticated ``OPTIONS`` is answered 204 with ``Allow``; the auth schemes are matched
-case-insensitively (RFC 7235).
+Authentication comes first, for every request: Basic or Bearer, chosen by the scheme of the
+``Authorization`` header (matched case-insensitively, RFC 7235). Failures get one uniform 401
+(or 429 with ``Retry-After`` when a limit refused the attempt unchecked: see
+:mod:`watchdog.health.auth`), whatever went wrong: nothing tells a stranger which part was wrong,
+or whether a route exists. An authenticated ``OPTIONS`` is answered 204 with ``Allow``.
+
+Plain WSGI, no web framework: three JSON/text routes behind one header check, in a process that
+runs for months beside the bot; Flask (with jinja2, blinker, itsdangerous) and werkzeug cost the
+watchdog ~7 MB of memory for them (see docs/BENCHMARKS.md, issue 20).
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import json
 import logging
-from typing import Any, Callable
-
-from flask import Flask, Response, g, jsonify, request
-from flask_httpauth import HTTPBasicAuth, HTTPTokenAuth
-from werkzeug.exceptions import HTTPException
+from http import HTTPStatus
+from typing import Any, Callable, Iterable
 
 from blackbox.redact import redact, redact_text
 from watchdog.health.assess import HEALTHY
 from watchdog.health.auth import Authenticator
-from watchdog.health.metrics import CONTENT_TYPE, render_metrics
 
 log = logging.getLogger(__name__)
 
@@ -29,102 +31,141 @@ MAX_AUTH_HEADER = 4096  # a token or user:password never needs more; longer is r
 CHALLENGE = f'Basic realm="{REALM}", Bearer realm="{REALM}"'
 HEALTHY_BODY = json.dumps({"status": HEALTHY}).encode()
 Snapshot = Callable[[], dict[str, Any]]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+ROUTES = {"/health": "health", "/health/detailed": "detailed", "/metrics": "metrics"}
+METHODS = ("GET", "HEAD")  # OPTIONS is answered before routing
 
 
-def _client() -> str:
-    return request.remote_addr or "?"
+class Response:
+    """A status, headers and a body, sent by ``__call__`` as a WSGI app (no body for HEAD)."""
+
+    def __init__(self, body: bytes | str = b"", status: int = 200,
+                 content_type: str | None = None, headers: dict[str, str] | None = None):
+        self.body = body.encode("utf-8") if isinstance(body, str) else body
+        self.status = status
+        self.headers = dict(headers or {})
+        if content_type is not None:
+            self.headers["Content-Type"] = content_type
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        headers = dict(self.headers)
+        if self.status != 204:
+            headers["Content-Length"] = str(len(self.body))
+        start_response(f"{self.status} {HTTPStatus(self.status).phrase}", list(headers.items()))
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [self.body]
 
 
-class _TokenAuth(HTTPTokenAuth):
-    """HTTPTokenAuth whose scheme matches in any case (``bearer``, ``BEARER``: RFC 7235 2.1)."""
-
-    def is_compatible_auth(self, headers: Any) -> bool:
-        scheme = headers.get("Authorization", "").split(None, 1)
-        return len(scheme) == 2 and scheme[0].lower() == self.scheme.lower()
+class _HttpError(Exception):
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
 
 
-def create_app(snapshot: Snapshot, auth: Authenticator) -> Flask:
-    """The WSGI app over ``snapshot`` (a callable returning build_snapshot's dict)."""
-    app = Flask("tradeguard.health")
-    app.json.sort_keys = False
-    basic, token = HTTPBasicAuth(realm=REALM), _TokenAuth("Bearer", realm=REALM)
+def _default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    return str(o)
 
-    def authenticated() -> bool:
-        """The header's scheme picks the check (flask-httpauth's login_required would let
-        OPTIONS through unchecked, so the check is called directly for every method)."""
-        scheme = token if token.is_compatible_auth(request.headers) else basic
-        creds = scheme.get_auth()
-        return scheme.authenticate(creds, scheme.get_auth_password(creds)) not in (None, False)
 
-    @basic.verify_password
-    def _verify_basic(username: str, password: str) -> str | None:
+def _json(body: Any, status: int = 200) -> Response:
+    text = json.dumps(body, separators=(",", ":"), default=_default) + "\n"
+    return Response(text, status=status, content_type="application/json")
+
+
+def _basic_credentials(header: str) -> tuple[str, str]:
+    """(user, password) of a Basic header; ("", "") when it is not one that parses."""
+    try:
+        _scheme, encoded = header.encode("utf-8").split(b" ", 1)
+        user, password = base64.b64decode(encoded).split(b":", 1)
+    except (ValueError, TypeError, binascii.Error):
+        return "", ""
+    try:
+        return user.decode("utf-8"), password.decode("utf-8")
+    except UnicodeDecodeError:
+        return user.decode("latin1"), password.decode("latin1")
+
+
+class _HealthApp:
+    """The WSGI callable over ``snapshot`` (a callable returning build_snapshot's dict)."""
+
+    def __init__(self, snapshot: Snapshot, auth: Authenticator):
+        self._snapshot = snapshot
+        self._auth = auth
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            resp = self._respond(environ)
+        except _HttpError as e:
+            resp = _json({"error": HTTPStatus(e.status).phrase.lower()}, e.status)
+        except Exception:  # noqa: BLE001 - a broken snapshot must not take the endpoint down
+            log.exception("health endpoint error on %s", environ.get("PATH_INFO"))
+            resp = _json({"error": "internal error"}, 500)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp(environ, start_response)
+
+    def _respond(self, environ: dict[str, Any]) -> Response:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        addr = environ.get("REMOTE_ADDR") or "?"
+        retry: list[int | None] = [None]
+        if len(header) > MAX_AUTH_HEADER or not self._authenticated(addr, header, retry):
+            return self._deny(addr, "HTTP_AUTHORIZATION" in environ, retry[0])
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method == "OPTIONS":
+            return Response(status=204, headers={"Allow": "GET, HEAD, OPTIONS"})
+        endpoint = ROUTES.get(environ.get("PATH_INFO", ""))
+        if endpoint is None:
+            raise _HttpError(404)
+        if method not in METHODS:
+            raise _HttpError(405)
+        return getattr(self, "_" + endpoint)()
+
+    def _authenticated(self, addr: str, header: str, retry: list[int | None]) -> bool:
+        scheme, _, rest = header.strip().partition(" ")
+        if scheme.lower() == "bearer" and rest.strip():
+            return bool(self._auth.bearer(rest.strip()))
+        username, password = _basic_credentials(header) if header else ("", "")
         if not username:  # no header, or not a parseable Basic one: nothing worth a scrypt run
-            return None
-        user, g.retry_after = auth.basic(_client(), username, password)
-        return user  # refused unchecked (retry_after set): the error handler answers 429
+            return False
+        user, retry[0] = self._auth.basic(addr, username, password)
+        return user not in (None, False)  # refused unchecked (retry set): answered 429
 
-    @token.verify_token
-    def _verify_token(tok: str) -> bool:
-        return auth.bearer(tok)
-
-    def deny() -> Response:
-        addr = _client()
-        retry = g.get("retry_after") or auth.limiter.retry_after(addr)
-        if retry is None and request.headers.get("Authorization") is not None:
-            auth.limiter.failed(addr)  # missing credentials cost nothing and are not counted
+    def _deny(self, addr: str, had_header: bool, retry: int | None) -> Response:
+        retry = retry or self._auth.limiter.retry_after(addr)
+        if retry is None and had_header:
+            self._auth.limiter.failed(addr)  # missing credentials cost nothing and are not counted
         if retry is not None:
-            resp = jsonify(error="too many failed attempts")
-            resp.status_code = 429
+            resp = _json({"error": "too many failed attempts"}, 429)
             resp.headers["Retry-After"] = str(retry)
-            auth.told_to_wait(addr, retry)
+            self._auth.told_to_wait(addr, retry)
         else:
-            resp = jsonify(error="unauthorized")
-            resp.status_code = 401
+            resp = _json({"error": "unauthorized"}, 401)
         resp.headers["WWW-Authenticate"] = CHALLENGE
         return resp
 
-    @app.before_request
-    def _authenticate() -> Response | None:
-        header = request.headers.get("Authorization", "")
-        if len(header) > MAX_AUTH_HEADER or not authenticated():
-            return deny()
-        if request.method == "OPTIONS":
-            return Response(status=204, headers={"Allow": "GET, HEAD, OPTIONS"})
-        return None
-
-    @app.after_request
-    def _no_store(resp: Response) -> Response:
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
-
-    @app.errorhandler(HTTPException)
-    def _http_error(e: HTTPException) -> tuple[Response, int]:
-        return jsonify(error=e.name.lower()), e.code or 500
-
-    @app.errorhandler(Exception)
-    def _crash(e: Exception) -> tuple[Response, int]:
-        log.exception("health endpoint error on %s", request.path)
-        return jsonify(error="internal error"), 500
-
-    def _snap() -> dict[str, Any]:
-        if "snap" not in g:
-            g.snap = snapshot()
-        return g.snap
-
-    @app.get("/health", provide_automatic_options=False)
-    def health() -> Response | tuple[Response, int]:
-        s = _snap()
+    def _health(self) -> Response:
+        s = self._snapshot()
         if s["status"] == HEALTHY:  # the hot path of every monitor: a prebuilt body
             return Response(HEALTHY_BODY, content_type="application/json")
-        return jsonify(redact({"status": s["status"], "reason": s["reason"]})), 503
+        return _json(redact({"status": s["status"], "reason": s["reason"]}), 503)
 
-    @app.get("/health/detailed", provide_automatic_options=False)
-    def detailed() -> Response:
-        return jsonify(redact(_snap()))
+    def _detailed(self) -> Response:
+        return _json(redact(self._snapshot()))
 
-    @app.get("/metrics", provide_automatic_options=False)
-    def metrics() -> Response:
-        text = redact_text(render_metrics(_snap).decode("utf-8"))
+    def _metrics(self) -> Response:
+        # imported at the first scrape: prometheus_client costs a watchdog nobody scrapes ~1 MB
+        from watchdog.health.metrics import CONTENT_TYPE, render_metrics
+
+        snap: list[dict[str, Any]] = []
+
+        def once() -> dict[str, Any]:  # render_metrics may ask more than once: one snapshot
+            if not snap:
+                snap.append(self._snapshot())
+            return snap[0]
+
+        text = redact_text(render_metrics(once).decode("utf-8"))
         return Response(text, content_type=CONTENT_TYPE)
 
-    return app
+
+def create_app(snapshot: Snapshot, auth: Authenticator) -> WsgiApp:
+    """The WSGI app over ``snapshot`` (a callable returning build_snapshot's dict)."""
+    return _HealthApp(snapshot, auth)
