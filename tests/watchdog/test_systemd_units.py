@@ -220,7 +220,7 @@ for pkg in ("tradeguard", "bot", "watchdog", "resilience", "blackbox", "paper_ex
                 importlib.import_module(m.name)
             except Exception as e:
                 failed[m.name] = type(e).__name__
-import hashlib, sqlite3, ssl, ccxt, flask, waitress, psutil
+import hashlib, sqlite3, ssl, ccxt, waitress, psutil, prometheus_client
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 key, nonce = AESGCM.generate_key(256), os.urandom(12)
 assert AESGCM(key).decrypt(nonce, AESGCM(key).encrypt(nonce, b"v", b"ad"), b"ad") == b"v"
