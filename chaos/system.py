@@ -73,10 +73,33 @@ port = {health_port}
 OWNER_COINS = {"BTC": 0.02, "ETH": 0.3}
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now, chosen *below* the kernel's ephemeral range.
+
+    The kernel's own choice (bind to port 0) comes from the ephemeral range, which every
+    outgoing connection also draws from: between this check and the server's bind, any client
+    on the host may take it (seen: a paper exchange that could not listen while another test
+    run was busy). Below the range only another explicit bind can."""
+    import random
     import socket
 
-    with socket.socket() as s:
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()  # not test data: a seed shared by parallel runs would collide
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 20000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # below the range is crowded: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
