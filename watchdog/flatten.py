@@ -110,7 +110,7 @@ class Flattener:
             if self.stop.is_set():
                 result.state = "aborted"
                 break
-            wait = backoff
+            wait, failed = backoff, True
             try:
                 if self.round(result):
                     result.state = "failed" if self.refused else "done"
@@ -119,7 +119,7 @@ class Flattener:
                 continue  # sold or learned something: re-plan at once; done only when settled
             except _Unsettled as e:
                 result.errors.append(str(e))
-                wait = UNSETTLED_POLL_S
+                wait, failed = UNSETTLED_POLL_S, False
             except _Retry as e:
                 result.errors.append(str(e))
             except (CircuitOpenError, RetryBudgetExhausted) as e:
@@ -136,7 +136,7 @@ class Flattener:
                 break
             log.warning("flatten: retrying in %.1fs (%s)", wait, result.errors[-1])
             self.stop.wait(wait)
-            if wait == backoff:
+            if failed:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         self._finish(result)
         return result
