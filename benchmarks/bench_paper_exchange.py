@@ -1,7 +1,9 @@
 """Paper exchange: signed round trips through the real ccxt client, and cold start.
 
 ``.venv/bin/python -m benchmarks.bench_paper_exchange`` prints medians over RUNS runs of:
-- signed ``fetch_balance`` round trips per second, one client, loopback (target >= 500/s);
+- signed ``fetch_balance`` round trips per second, loopback (target >= 500/s): one client, and
+  CLIENTS clients in their own processes at once (what the exchange answers when a bot, its
+  watchdog and a test or two call it together; one client alone is bound by its own ccxt CPU);
 - limit order create + cancel pairs per second (two signed, durable writes per pair);
 - market orders per second (order + fill + balances in one durable transaction);
 - CPU time per ``fetch_balance`` in the server process and in the client (ccxt) process: what
@@ -16,13 +18,14 @@ The exchange runs with ``rate_limit_multiplier`` = 1000 so that the limits do no
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import statistics
 import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 
@@ -30,6 +33,7 @@ from paper_exchange.control import PaperExchange
 from tests.helpers.proc import free_port
 
 RUNS = 5
+CLIENTS = 3
 UNLIMITED = {"rate_limit_multiplier": 1000.0}
 
 
@@ -64,6 +68,41 @@ def round_trips(px: PaperExchange, n: int, runs: int) -> dict[str, float]:
         "create+cancel pairs/s": statistics.median(_rate(create_cancel, n // 4) for _ in range(runs)),
         "market orders/s": statistics.median(_rate(market, n // 4) for _ in range(runs)),
     }
+
+
+def _client_loop(px: PaperExchange, seconds: float, ready: Any, go: Any, out: Any) -> None:
+    client = px.client()
+    client.load_markets()
+    for _ in range(50):
+        client.fetch_balance()
+    ready.release()
+    go.wait()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        client.fetch_balance()
+        n += 1
+    out.put((n, time.perf_counter() - t0))
+
+
+def parallel_round_trips(px: PaperExchange, clients: int, seconds: float, runs: int) -> float:
+    """Signed ``fetch_balance`` round trips per second of ``clients`` ccxt clients, each in its own
+    process, all started together; the rate is their total over the longest client's time."""
+    ctx = multiprocessing.get_context("fork")
+    rates = []
+    for _ in range(runs):
+        ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_client_loop, args=(px, seconds, ready, go, out)) for _ in range(clients)]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("a benchmark client did not start within 60 s")
+        go.set()
+        done = [out.get(timeout=seconds + 60) for _ in procs]
+        for p in procs:
+            p.join(timeout=10)
+        rates.append(sum(n for n, _ in done) / max(t for _, t in done))
+    return statistics.median(rates)
 
 
 def cpu_per_call_us(px: PaperExchange, n: int, runs: int) -> dict[str, float]:
@@ -154,12 +193,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=RUNS)
     ap.add_argument("-n", type=int, default=2000, help="round trips per run")
     ap.add_argument("--steps", type=int, default=500, help="price walk steps timed")
+    ap.add_argument("--clients", type=int, default=CLIENTS, help="clients at once for the parallel rate")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each parallel run")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         px = _start(Path(d) / "rt")
         try:
             results = round_trips(px, args.n, args.runs)
             results.update(cpu_per_call_us(px, args.n // 2, args.runs))
+            results[f"fetch_balance round trips/s, {args.clients} clients"] = parallel_round_trips(
+                px, args.clients, args.seconds, args.runs)
         finally:
             px.stop()
         px = _start(Path(d) / "walk", slippage=0.0, book_level_quote=500.0)
