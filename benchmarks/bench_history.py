@@ -5,7 +5,9 @@
 
 For each size N, a state.db with N closed orders is built through the store's own API (each
 order with one fill and three transitions, encrypted as the bot writes them; tests/helpers/
-history.py), spread evenly over ``--days`` (365) ending an hour ago. Building takes 1-2 ms an
+history.py), spread evenly over ``--days`` (365) ending an hour ago -- or, with ``--per-day R``,
+over N / R days: the same order rate for every size, so that every size has the same work in hand
+(the retention window holds the same orders) and only the history behind it differs. Building takes 1-2 ms an
 order here (``StateStore.batch()``: 500 orders a transaction; 10^6 in ~25 min), so each database
 is built once into ``--cache`` (``benchmarks/.cache/``, gitignored; resumable: an interrupted
 build continues) and copied for every measurement. Then, on a copy:
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1000,100000",
                     help="history sizes; add 1000000 for the 10^6 run (its build: ~25 min here)")
     ap.add_argument("--days", type=float, default=365.0)
+    ap.add_argument("--per-day", type=float, default=None,
+                    help="orders a day: spread each size over N / R days instead of --days")
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--runs", type=int, default=3)
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = {}
     for n in sizes:
         t = time.monotonic()
-        roots[n] = build(n, args.days, args.cache)
+        roots[n] = build(n, n / args.per_day if args.per_day else args.days, args.cache)
         print(f"history {n}: ready ({time.monotonic() - t:.0f} s)", flush=True)
     if args.build_only:
         return 0

@@ -49,7 +49,7 @@ from trading.exchange import (build_exchange, checked_order, create_order_params
 from trading.history import ExchangeHistory
 from trading.orders import IN_FLIGHT, LIVE, MIN_MISSES, OrderBook
 from trading.risk import RiskLimits
-from trading.runtime import Runtime, StoppableBudget
+from trading.runtime import Runtime, StoppableBudget, TickDeadline
 from watchdog.emergency import FlattenResult
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,13 @@ class Flattener:
                     break
                 backoff = BACKOFF_BASE_S
                 continue  # sold or learned something: re-plan at once; done only when settled
+            except TickDeadline:  # the round's budget ended inside an exchange call
+                if self.stop.is_set():
+                    result.state = "aborted"
+                    break
+                result.errors.append(f"emergency_timeout_s={self.cfg.watchdog.emergency_timeout_s} "
+                                     "reached during an exchange call")
+                break
             except _Unsettled as e:
                 result.errors.append(str(e))
                 wait, failed = UNSETTLED_POLL_S, False

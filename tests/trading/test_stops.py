@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -285,19 +286,31 @@ def test_the_watchdog_flatten_cancels_the_stop_then_sells_once(paper_exchange, i
 
     owners = 0.05
     paper_exchange.deposit("BTC", owners)
-    # long enough for the first run to cancel the stop even on a loaded machine (it then fails
-    # on the sells: every one is answered 503 until the deadline)
-    cfg = exchange_cfg(paper_exchange, TRADEGUARD_WATCHDOG_EMERGENCY_TIMEOUT_S="8")
+    cfg = exchange_cfg(paper_exchange)
     bot_buys(cfg, SYMBOL, 0.01)
     _place_stop(cfg)
     stop = [o for o in ledger_orders(paper_exchange, "tg-tg1-") if o["type"] == "STOP_LOSS"]
     assert len(stop) == 1 and stop[0]["status"] == "NEW"
     assert balance(paper_exchange, "BTC", "locked") == pytest.approx(0.01)
-    if interrupted:  # the stop is canceled, then every sell fails until the flatten gives up
-        paper_exchange.add_fault(method="POST", path="/api/v3/order", action="respond", status=503,
-                                 times=None)
-        first = flatten(cfg, "test")
-        assert first.state != "done"
+    if interrupted:  # the stop is canceled, every sell is refused, and the flatten is stopped there
+        fault = paper_exchange.add_fault(method="POST", path="/api/v3/order", action="respond",
+                                         status=503, times=None)
+        halt, out = threading.Event(), []
+        def first_flatten() -> None:
+            try:
+                out.append(flatten(cfg, "test", stop=halt))
+            except BaseException as e:  # noqa: BLE001 - shown by the assertion below
+                out.append(e)
+
+        runner = threading.Thread(target=first_flatten)
+        runner.start()
+        try:
+            wait_until(lambda: any(f["id"] == fault and f["hits"] >= 1 for f in paper_exchange.faults()),
+                       60, interval=0.1, message="the flatten's first sell refused")
+        finally:
+            halt.set()
+            runner.join(60)
+        assert not runner.is_alive() and out and getattr(out[0], "state", None) == "aborted", out
         paper_exchange.clear_faults()
         assert balance(paper_exchange, "BTC", "locked") == pytest.approx(0.0)  # the stop is gone
 

@@ -184,6 +184,25 @@ def test_exchange_outage_fails_at_the_deadline_as_retryable(paper_exchange):
     assert balance(px, "BTC") == pytest.approx(0.0)
 
 
+def test_a_deadline_that_ends_inside_a_round_fails_as_retryable_and_never_raises(paper_exchange):
+    """The sell is answered after the emergency timeout (a state-changing call keeps the client's
+    full timeout): the round's next exchange call finds the budget spent. That is a failed,
+    retryable flatten, not an exception out of the watchdog's emergency."""
+    px = paper_exchange
+    cfg = exchange_cfg(px, TRADEGUARD_WATCHDOG_EMERGENCY_TIMEOUT_S="1")
+    bot_buys(cfg, SYMBOL, 0.01)
+    px.add_fault(method="POST", path="/api/v3/order", action="delay", seconds=2.5, times=1)
+
+    r = flatten(cfg, "test")
+
+    assert r.state == "failed" and not r.refused, r
+    assert any("emergency_timeout_s" in e for e in r.errors)
+    again = flatten(exchange_cfg(px), "again")
+    assert again.state == "done", again
+    assert balance(px, "BTC") == pytest.approx(0.0)
+    assert sum(float(o["executedQty"]) for o in sells(px) if o["status"] == "FILLED") == pytest.approx(0.01)
+
+
 def _bot_order_in_flight(cfg, amount: float, state: str) -> str:
     """The bot's market buy committed as INTENT (and moved to ``state``), as a bot killed in
     the middle of its order lifecycle leaves it; returns the client order id."""
