@@ -129,6 +129,15 @@ def test_a_strategy_sees_entry_pnl_stop_and_balances_and_its_take_profit_exits(p
                       message="the bought coins in the strategy's balances")
     assert seen["free"] == pytest.approx(0.0)
 
+    bot.kill(signal.SIGKILL)  # a restart: on_start again, and the take-profit is still watched
+    bot.start()
+    bot.wait_state("running")
+    starts = _lines(out / "start.jsonl")
+    assert len(starts) == 2 and starts[1]["ticks_before"] == 0
+    assert starts[1]["position"]["stop_price"] == float(_stops(bot)[0]["stopPrice"])
+    assert starts[1]["position"]["take_profit_price"] == pytest.approx(entry * 1.02)
+    assert starts[1]["balances"]["BTC"]["total"] == pytest.approx(0.01)  # recovery's balance read
+
     up = round(entry * 1.01, 2)  # 1 % up: below the take-profit
     bot.paper.set_price(SYMBOL, up)
     view = wait_until(lambda: (t := _tick(out)) and t["last"] == up and t["position"], 20,
@@ -156,8 +165,8 @@ def test_a_strategy_sees_entry_pnl_stop_and_balances_and_its_take_profit_exits(p
     bot.wait_ticks(5)
     assert consistency_problems(bot.state_reader(), bot.paper) == []
 
-    assert bot.stop() == 0  # SIGTERM: on_stop once
-    assert len(_lines(out / "stop.jsonl")) == 1 and len(_lines(out / "start.jsonl")) == 1
+    assert bot.stop() == 0  # SIGTERM: on_stop once (none for the SIGKILL)
+    assert len(_lines(out / "stop.jsonl")) == 1 and len(_lines(out / "start.jsonl")) == 2
 
 
 def test_hooks_that_raise_are_recorded_and_never_stop_the_bot(probe):
