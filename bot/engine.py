@@ -23,7 +23,7 @@ from bot.guard import Guard
 from bot.marketdata import MarketFeed
 from bot.probe import due_probes, probe
 from tradeguard.notify import Notifier
-from trading.orders import FINAL, OrderBook, recent_submissions
+from trading.orders import FILL_EPS, FINAL, OrderBook, recent_submissions
 from bot.reconcile import MARGIN_S, Reconciler
 from resilience.state import Archiver
 from trading.risk import RiskLimits
@@ -34,7 +34,6 @@ from bot.sizing import order_spec
 from bot.strategy import (Balance, Cancel, FillEvent, LoadedStrategy, MarketData, OpenOrder,
                           PositionView, Target, TickContext, to_actions)
 from bot.takeprofit import TakeProfits
-from trading.orders import FILL_EPS
 from trading.pnl import average_entry, unrealized_pnl
 from resilience.netcause import describe
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
