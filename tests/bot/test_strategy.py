@@ -205,3 +205,10 @@ def test_dip_buyer_sizes_from_the_free_balance_and_sets_stop_and_take_profit():
     s.on_stop()
     with pytest.raises(ValueError, match="take_profit_pct"):
         DipBuyer(take_profit_pct=0)
+
+
+def test_dip_buyer_loads_from_the_configuration():
+    loaded = load_strategy("bot.strategies.dip:DipBuyer", {"dip_pct": 3.0, "take_profit_pct": 5.0})
+    assert (loaded.instance.dip_pct, loaded.instance.take_profit_pct) == (3.0, 5.0)
+    with pytest.raises(StrategyLoadError, match="lookback"):
+        load_strategy("bot.strategies.dip:DipBuyer", {"lookback": 40})
