@@ -23,7 +23,7 @@ from bot.guard import Guard
 from bot.marketdata import MarketFeed
 from bot.probe import due_probes, probe
 from tradeguard.notify import Notifier
-from trading.orders import FINAL, OrderBook, recent_submissions
+from trading.orders import FILL_EPS, FINAL, OrderBook, recent_submissions
 from bot.reconcile import MARGIN_S, Reconciler
 from resilience.state import Archiver
 from trading.risk import RiskLimits
@@ -31,8 +31,10 @@ from trading.ratelimit import load_rate_limits
 from trading.runtime import Budget, Runtime, StoppableBudget, TickDeadline
 from trading.stops import ProtectiveStops, stop_policy
 from bot.sizing import order_spec
-from bot.strategy import (Cancel, FillEvent, LoadedStrategy, MarketData, OpenOrder, TickContext,
-                          to_actions)
+from bot.strategy import (Balance, Cancel, FillEvent, LoadedStrategy, MarketData, OpenOrder,
+                          PositionView, Target, TickContext, to_actions)
+from bot.takeprofit import TakeProfits
+from trading.pnl import average_entry, unrealized_pnl
 from resilience.netcause import describe
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RetryBudgetExhausted
 from tradeguard.heartbeat import Heartbeat, HeartbeatFile
@@ -70,6 +72,10 @@ class Bot:
         self.reconciler = Reconciler(rt, self.orders, self.symbols)
         policy = stop_policy(self.cfg)  # ConfigError when the venue cannot hold the stops asked for
         self.stops = ProtectiveStops(rt, self.orders, policy, self.symbols) if policy else None
+        self.take_profits = TakeProfits(rt.store)
+        self._bare: set[str] = set()  # positions without their stop past the attention threshold
+        self._balances: tuple[Any, dict[str, Balance]] = (None, {})  # (raw balance, its view)
+        self._started = False  # the strategy's on_start ran
         ret = self.cfg.retention
         self.archiver = Archiver(rt.store, max_age_s=ret.archive_after_days * 86400.0,
                                  batch=ret.batch_orders) if ret.enabled else None
@@ -203,7 +209,30 @@ class Bot:
         self.recovered = True
         log.info("recovered: %s; trading", rep.summary())
         recorder.record("bot.recovered", SOURCE, f"startup recovery done: {rep.summary()}")
+        self._start_strategy()
         self.notifier.ready(self.status_text(self.current_state()))
+
+    def _start_strategy(self) -> None:
+        """The strategy's ``on_start`` once, with what a tick would show (``market`` may be empty)."""
+        on_start = getattr(self.strategy.instance, "on_start", None)
+        if self._started or not callable(on_start):
+            return
+        self._started = True
+        try:
+            on_start(self._context({}, self.rt.manager.degradation(kill_state=self.rt.killswitch.check())))
+        except Exception as e:  # noqa: BLE001 - a strategy's bug never stops the bot
+            self._strategy_raised("on_start failed", e)
+
+    def _stop_strategy(self) -> None:
+        """The strategy's ``on_stop`` once, on a clean shutdown after it was started."""
+        on_stop = getattr(self.strategy.instance, "on_stop", None)
+        if not self._started or not callable(on_stop):
+            return
+        self._started = False
+        try:
+            on_stop()
+        except Exception as e:  # noqa: BLE001 - a strategy's bug never stops the shutdown
+            self._strategy_raised("on_stop failed", e)
 
     def _restore_strategy(self) -> None:
         saved = self.rt.store.kv_get(STRATEGY_KEY)
@@ -253,6 +282,7 @@ class Bot:
             self._step("safe mode", self.orders.cancel_where, lambda o: o.purpose == "entry",
                        "safe mode: no entries while dependencies are down", budget)
         elif market:
+            self._step("take-profit", self._take_profit, degradation, budget)
             actions = self._run_strategy(market, degradation)
             if actions:
                 self._execute(actions, degradation, budget)
@@ -332,20 +362,57 @@ class Bot:
                 recorder.record("strategy.error", SOURCE, f"on_fill failed: {type(e).__name__}: "
                                 f"{e}"[:500], severity="error", strategy=self.strategy.spec)
 
+    def _take_profit(self, degradation: str, budget: Budget) -> None:
+        """Exit the positions whose bot-held take-profit is reached (bot/takeprofit.py)."""
+        exits = self.take_profits.due(self.rt.store.positions(), self.feed.prices,
+                                      self.orders.live_orders())
+        if exits:
+            self._execute(exits, degradation, budget)
+            self._step("fills", self.orders.sync_fills, budget)
+
     def _run_strategy(self, market: dict[str, MarketData], degradation: str) -> list[Any]:
-        ctx = TickContext(time.time(), market, self.positions(), tuple(self.open_orders()), degradation)
+        ctx = self._context(market, degradation)
         try:
             actions = to_actions(self.strategy.instance.on_tick(ctx))
             self._strategy_failures = 0
             return actions
         except Exception as e:  # noqa: BLE001 - a strategy's bug is isolated to its tick
-            msg = f"{type(e).__name__}: {e}"[:500]
-            self._strategy_failures += 1
-            self._strategy_error = msg
-            log.error("strategy %s failed; tick skipped: %s", self.strategy.spec, msg, exc_info=True)
-            recorder.record("strategy.error", SOURCE, f"strategy failed; tick skipped: {msg}",
-                            severity="error", strategy=self.strategy.spec)
+            self._strategy_raised("strategy failed; tick skipped", e)
             return []
+
+    def _strategy_raised(self, what: str, e: Exception) -> None:
+        """A raise in the strategy's code: logged, recorded, counted towards needs_attention."""
+        msg = f"{type(e).__name__}: {e}"[:500]
+        self._strategy_failures += 1
+        self._strategy_error = msg
+        log.error("strategy %s: %s: %s", self.strategy.spec, what, msg, exc_info=True)
+        recorder.record("strategy.error", SOURCE, f"{what}: {msg}", severity="error",
+                        strategy=self.strategy.spec)
+
+    def _context(self, market: dict[str, MarketData], degradation: str) -> TickContext:
+        open_orders = tuple(self.open_orders())
+        stops = {o.symbol: o.stop_price for o in open_orders
+                 if o.purpose == "protective" and o.state == "OPEN" and o.stop_price is not None}
+        views: dict[str, PositionView] = {}
+        for symbol, p in self.rt.store.positions().items():
+            if abs(p.amount) <= FILL_EPS:
+                continue
+            entry = average_entry(p.amount, p.cost)
+            views[symbol] = PositionView(p.amount, entry,
+                                         unrealized_pnl(p.amount, p.cost, self.feed.prices.get(symbol)),
+                                         stops.get(symbol), self.take_profits.price(symbol, entry))
+        return TickContext(time.time(), market, self.positions(), open_orders, degradation,
+                           views, self.balances())
+
+    def balances(self) -> dict[str, Balance]:
+        """Free and total per currency from the last balance read (reconciliation's; no request)."""
+        raw = self.reconciler.balance
+        if raw is not self._balances[0]:
+            free, total = ((raw.get("free") or {}), (raw.get("total") or {})) if raw else ({}, {})
+            view = {str(c): Balance(float(free.get(c) or 0.0), float(t))
+                    for c, t in total.items() if isinstance(t, (int, float))}
+            self._balances = (raw, view)
+        return dict(self._balances[1])
 
     def _execute(self, actions: list[Any], degradation: str, budget: Budget) -> None:
         for a in actions:
@@ -355,6 +422,7 @@ class Bot:
             if isinstance(a, Cancel):
                 self._cancel_action(a, budget)
                 continue
+            self._note_take_profit(a, degradation)
             book = self.orders.book(self.feed.prices)
             spec = order_spec(self.rt.exchange, a, self.feed.prices.get(a.symbol), book)
             if spec is None:
@@ -380,6 +448,15 @@ class Bot:
                         "([risk] stop_loss_pct = 0): none is placed", pct, symbol)
             return
         self.stops.set_pct(symbol, pct)
+
+    def _note_take_profit(self, a: Any, degradation: str) -> None:
+        """An entry's ``take_profit_pct`` applies to its symbol's position until it is flat."""
+        pct = getattr(a, "take_profit_pct", None)
+        if pct is None or degradation != "running":  # entries are sent only while running
+            return
+        if isinstance(a, Target) and a.amount <= self.positions().get(a.symbol, 0.0):
+            return  # a target that does not add is no entry (an Order with it is a buy)
+        self.take_profits.set_pct(a.symbol, pct)
 
     def _cancel_action(self, a: Cancel, budget: Budget) -> None:
         o = self.rt.store.get_order(a.client_order_id)
@@ -436,7 +513,7 @@ class Bot:
             "open_orders": len(self.orders.live_orders()), "kill_switch": self.guard.mode,
             "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
             "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
-            "store_fault": self.store_fault, "stops": stops,
+            "store_fault": self.store_fault, "stops": stops, "stops_missing": sorted(self._bare),
         }
 
     def _pnl_detail(self) -> dict[str, Any]:
@@ -461,8 +538,24 @@ class Bot:
         now, limit = time.time(), self.cfg.risk.stop_missing_attention_s
         bare = sorted(s for s, v in (stops or {}).items()
                       if v["state"] == "missing" and now - v["since"] >= limit)
+        if stops is not None or self.stops is None:  # None with stops on: not known this time
+            self._note_bare(set(bare), limit)
         return f"no protective stop on the exchange for {', '.join(bare)} for over {limit:g} s" \
             if bare else None
+
+    def _note_bare(self, bare: set[str], limit: float) -> None:
+        """One black-box event when a position's stop has been missing past the threshold, one
+        when it is covered again (or flat); the watchdog alerts on ``detail.stops_missing``."""
+        for symbol in sorted(bare - self._bare):
+            log.error("%s: no protective stop on the exchange for over %g s", symbol, limit)
+            recorder.record("stops.missing", SOURCE, f"{symbol}: the position has had no protective "
+                            f"stop on the exchange for over {limit:g} s", severity="critical",
+                            critical=True, symbol=symbol)
+        for symbol in sorted(self._bare - bare):
+            log.warning("%s: protective stop back on the exchange (or no position left)", symbol)
+            recorder.record("stops.missing_cleared", SOURCE, f"{symbol}: no longer without a "
+                            "protective stop", severity="warning", symbol=symbol)
+        self._bare = bare
 
     def _strategy_attention(self) -> str | None:
         """Set while the strategy has raised on ``[bot] strategy_failures_attention`` ticks in a row."""
@@ -504,6 +597,8 @@ class Bot:
                 log.info("canceled %d entry orders on stop", n)
         if self.recovered:  # an order acknowledged as the signal came (or just canceled) leaves fills
             self._step("fills on stop", self.orders.sync_fills, budget)
+            self._tell_fills()
+        self._stop_strategy()
         self.save_strategy()
         try:
             self.rt.store.checkpoint()

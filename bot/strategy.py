@@ -12,6 +12,9 @@ candles), refreshed at most every ``ohlcv_refresh_s``. Optional ``snapshot() -> 
 Optional ``on_fill(fill: FillEvent)`` hears every fill of the bot's orders — its own, the
 protective stops', and those adopted from the exchange after a restart — at most once each (a
 fill recorded just before a crash is not told again), after the tick that recorded it.
+Optional ``on_start(ctx)`` runs once after startup recovery, before the first ``on_tick``, and
+``on_stop()`` once on a clean shutdown (SIGTERM/SIGINT); a raise in either is logged and recorded
+like a failing tick, never fatal.
 """
 from __future__ import annotations
 
@@ -72,6 +75,25 @@ class FillEvent:
 
 
 @dataclass(frozen=True)
+class PositionView:
+    """One position of the bot as a strategy sees it."""
+
+    amount: float  # base units held
+    avg_entry: float | None = None  # average entry price (average cost, fees in quote included)
+    unrealized_pnl: float | None = None  # quote, at the tick's last price (None without a price)
+    stop_price: float | None = None  # its protective stop resting on the exchange; None = missing/off
+    take_profit_price: float | None = None  # the bot-held take-profit, if one was asked for
+
+
+@dataclass(frozen=True)
+class Balance:
+    """One currency of the account, as of the bot's last balance read (its last reconciliation)."""
+
+    free: float
+    total: float
+
+
+@dataclass(frozen=True)
 class TickContext:
     """Everything a strategy sees in one tick."""
 
@@ -80,14 +102,30 @@ class TickContext:
     positions: dict[str, float]  # base amount the bot holds, per symbol
     open_orders: tuple[OpenOrder, ...]
     degradation: str  # running | degraded (exits only); in safe mode the strategy is not called
+    views: dict[str, PositionView] = field(default_factory=dict)  # see position()
+    balances: dict[str, Balance] = field(default_factory=dict)  # per currency; {} before the first read
 
     def orders_for(self, symbol: str) -> list[OpenOrder]:
         return [o for o in self.open_orders if o.symbol == symbol]
+
+    def position(self, symbol: str) -> PositionView:
+        """The bot's position in ``symbol``: amount, average entry, unrealized P&L, its stop."""
+        view = self.views.get(symbol)
+        return view if view is not None else PositionView(self.positions.get(symbol, 0.0))
+
+
+TAKE_PROFIT_MAX_PCT = 1000.0
 
 
 def _check_stop(pct: float | None) -> None:
     if pct is not None and not 0 < pct <= 50:
         raise ValueError(f"stop_loss_pct must be > 0 and <= 50, not {pct!r}")
+
+
+def _check_take_profit(pct: float | None) -> None:
+    if pct is not None and (isinstance(pct, bool) or not isinstance(pct, (int, float))
+                            or not 0 < pct <= TAKE_PROFIT_MAX_PCT):
+        raise ValueError(f"take_profit_pct must be > 0 and <= {TAKE_PROFIT_MAX_PCT:g}, not {pct!r}")
 
 
 @dataclass(frozen=True)
@@ -101,11 +139,15 @@ class Order:
     price: float | None = None
     tag: str = ""  # free text kept with the order (e.g. why it was placed)
     stop_loss_pct: float | None = None  # buys: the position's stop this % below its entry
+    take_profit_pct: float | None = None  # buys: the bot sells the position this % above its entry
 
     def __post_init__(self) -> None:
         _check_stop(self.stop_loss_pct)
+        _check_take_profit(self.take_profit_pct)
         if self.stop_loss_pct is not None and self.side != "buy":
             raise ValueError("stop_loss_pct is for buys: the position's stop is set by its entry")
+        if self.take_profit_pct is not None and self.side != "buy":
+            raise ValueError("take_profit_pct is for buys: the position's take-profit is set by its entry")
         if self.side not in ("buy", "sell"):
             raise ValueError(f"side must be 'buy' or 'sell', not {self.side!r}")
         if self.type not in ("market", "limit"):
@@ -124,9 +166,11 @@ class Target:
     amount: float
     tag: str = ""
     stop_loss_pct: float | None = None  # the position's stop this % below its entry
+    take_profit_pct: float | None = None  # the bot sells the position this % above its entry
 
     def __post_init__(self) -> None:
         _check_stop(self.stop_loss_pct)
+        _check_take_profit(self.take_profit_pct)
         if self.amount < 0:
             raise ValueError("spot positions cannot be negative")
 
@@ -155,6 +199,13 @@ class Strategy:
 
     def on_fill(self, fill: FillEvent) -> None:
         """A fill of one of the bot's orders (optional)."""
+
+    def on_start(self, ctx: TickContext) -> None:
+        """Once after startup recovery, before the first tick (optional); ``ctx.market`` may be
+        empty when no price was fetched yet."""
+
+    def on_stop(self) -> None:
+        """Once on a clean shutdown, before the strategy's snapshot is saved (optional)."""
 
     def snapshot(self) -> dict[str, Any] | None:
         """State to keep across restarts (JSON-serialisable), or None."""

@@ -37,7 +37,7 @@ class SymbolPnl:
 
     @property
     def avg_price(self) -> float | None:
-        return self.cost / self.amount if self.amount else None
+        return average_entry(self.amount, self.cost)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,19 @@ class Trade:
     position_after: float
 
 
+def unrealized_pnl(amount: float, cost: float, price: float | None) -> float | None:
+    """Quote gained (or lost) on ``amount`` bought for ``cost`` at ``price``: 0 when flat, None
+    without a price."""
+    if not amount:
+        return 0.0
+    return None if price is None else amount * price - cost
+
+
+def average_entry(amount: float, cost: float) -> float | None:
+    """The average entry price of a position (average cost); None when flat."""
+    return cost / amount if amount else None
+
+
 def _connect(state_db: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{Path(state_db).resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
 
@@ -117,7 +130,7 @@ def pnl_report(state_db: Path, detail: Mapping[str, Any] | None, risk: RiskConfi
     symbols: dict[str, SymbolPnl] = {}
     for symbol, amount, cost, realized in positions:
         price = prices.get(symbol)
-        unrealized = 0.0 if not amount else (None if price is None else amount * price - cost)
+        unrealized = unrealized_pnl(amount, cost, price)
         symbols[symbol] = SymbolPnl(symbol, float(amount), float(cost), price, float(realized),
                                     unrealized, fees.get(symbol, {}))
     for symbol in set(fees) - set(symbols):  # fills but no position row yet

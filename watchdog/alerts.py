@@ -52,7 +52,8 @@ EVENT_SEVERITY = {"restart": "warning", "unhealthy": "warning", "kill_engaged": 
                   "budget_spent": "critical", "emergency_started": "critical",
                   "emergency_finished": "warning", "emergency_failed": "critical",
                   "needs_attention": "error", "attention_cleared": "info", "daily_summary": "info",
-                  "bot_safe": "critical", "watchdog_replaced": "critical"}
+                  "bot_safe": "critical", "watchdog_replaced": "critical",
+                  "stop_missing": "critical", "stop_restored": "info"}
 SMTP_PASSWORD_CREDENTIAL = "smtp.password"
 SMTP_PASSWORD_ENV = "TRADEGUARD_SMTP_PASSWORD"
 DISCORD_CONTENT_MAX = 2000

@@ -1,2 +1,3 @@
 """Strategies shipped with tradeguard: ``demo`` (exercises every code path on the paper
-exchange) and ``sma`` (an SMA crossover for real use)."""
+exchange), ``sma`` (an SMA crossover for real use) and ``dip`` (buys dips with a stop and a
+take-profit; shows the whole strategy API)."""

@@ -141,3 +141,74 @@ def test_stop_loss_pct_is_checked_where_it_is_given():
             Order("BTC/USDT", "buy", 0.01, stop_loss_pct=bad)
     with pytest.raises(ValueError, match="for buys"):
         Order("BTC/USDT", "sell", 0.01, stop_loss_pct=2)
+
+
+def test_take_profit_pct_is_checked_like_the_stop():
+    from bot.strategy import Order, Target
+
+    assert Order("BTC/USDT", "buy", 0.01, take_profit_pct=3).take_profit_pct == 3
+    assert Target("BTC/USDT", 0.01, take_profit_pct=150.0).take_profit_pct == 150.0
+    for bad in (0, -1, 1001, True, "3"):
+        with pytest.raises(ValueError, match="take_profit_pct"):
+            Order("BTC/USDT", "buy", 0.01, take_profit_pct=bad)
+        with pytest.raises(ValueError, match="take_profit_pct"):
+            Target("BTC/USDT", 0.01, take_profit_pct=bad)
+    with pytest.raises(ValueError, match="for buys"):
+        Order("BTC/USDT", "sell", 0.01, take_profit_pct=2)
+
+
+def test_position_view_falls_back_to_the_plain_amount():
+    from bot.strategy import PositionView
+
+    ctx = TickContext(0.0, {}, {"BTC/USDT": 0.5}, (), "running")  # the old 5-field form still works
+    assert ctx.position("BTC/USDT") == PositionView(0.5)
+    assert ctx.position("ETH/USDT") == PositionView(0.0)
+    assert ctx.balances == {}
+    view = PositionView(0.5, 100.0, 5.0, 95.0, 103.0)
+    assert TickContext(0.0, {}, {"BTC/USDT": 0.5}, (), "running", {"BTC/USDT": view}).position(
+        "BTC/USDT") is view
+
+
+def _dip_ctx(last, position=None, balances=None, orders=(), degradation="running"):
+    from bot.strategy import Balance
+
+    md = MarketData("BTC/USDT", last, ohlcv=_bars([100.0] * 21 + [last]))
+    views = {"BTC/USDT": position} if position else {}
+    return TickContext(0.0, {"BTC/USDT": md}, {"BTC/USDT": position.amount} if position else {},
+                       tuple(orders), degradation, views,
+                       {"USDT": Balance(*balances)} if balances else {})
+
+
+def test_dip_buyer_sizes_from_the_free_balance_and_sets_stop_and_take_profit():
+    from bot.strategies.dip import DipBuyer
+    from bot.strategy import PositionView
+
+    s = DipBuyer(dip_pct=2.0, lookback=20, quote_amount=50.0, max_free_fraction=0.25,
+                 stop_loss_pct=4.0, take_profit_pct=3.0)
+    assert s.on_tick(_dip_ctx(99.0, balances=(1000.0, 1000.0))) == []  # not a dip
+    assert s.on_tick(_dip_ctx(97.0)) == []  # no balance read yet: no guess
+    [buy] = s.on_tick(_dip_ctx(97.0, balances=(100.0, 1000.0)))  # 25 % of what is free: 25
+    assert (buy.side, buy.stop_loss_pct, buy.take_profit_pct) == ("buy", 4.0, 3.0)
+    assert buy.amount == pytest.approx(25.0 / 97.0)
+    [buy] = s.on_tick(_dip_ctx(97.0, balances=(1000.0, 1000.0)))
+    assert buy.amount == pytest.approx(50.0 / 97.0)
+    assert s.on_tick(_dip_ctx(97.0, balances=(1000.0, 1000.0), degradation="degraded")) == []
+    held = PositionView(0.5, 100.0, -1.5, 96.0, 103.0)
+    assert s.on_tick(_dip_ctx(97.0, held, (1000.0, 1000.0))) == []  # never adds
+    assert s.on_tick(_dip_ctx(95.0, held, (1000.0, 1000.0))) == []  # the stop on the exchange acts
+    bare = PositionView(0.5, 100.0, -2.5, None, 103.0)
+    assert s.on_tick(_dip_ctx(97.0, bare, (1000.0, 1000.0))) == []  # above where the stop would be
+    [sell] = s.on_tick(_dip_ctx(95.0, bare, (1000.0, 1000.0)))  # no stop and below it: sells itself
+    assert (sell.side, sell.amount) == ("sell", 0.5)
+    s.on_start(_dip_ctx(95.0, held))
+    assert s.taken_over == {"BTC/USDT": held}
+    s.on_stop()
+    with pytest.raises(ValueError, match="take_profit_pct"):
+        DipBuyer(take_profit_pct=0)
+
+
+def test_dip_buyer_loads_from_the_configuration():
+    loaded = load_strategy("bot.strategies.dip:DipBuyer", {"dip_pct": 3.0, "take_profit_pct": 5.0})
+    assert (loaded.instance.dip_pct, loaded.instance.take_profit_pct) == (3.0, 5.0)
+    with pytest.raises(StrategyLoadError, match="lookback"):
+        load_strategy("bot.strategies.dip:DipBuyer", {"lookback": 40})
