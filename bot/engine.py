@@ -206,6 +206,7 @@ class Bot:
             self.orders.sync_fills(budget)
             self.stops.maintain(self.feed.prices, budget)
         self._restore_strategy()
+        self._tell_fills()  # what recovery adopted (a stop that sold while down) before the strategy acts
         self.recovered = True
         log.info("recovered: %s; trading", rep.summary())
         recorder.record("bot.recovered", SOURCE, f"startup recovery done: {rep.summary()}")

@@ -41,6 +41,7 @@ class Probe(Strategy):
 
     def on_start(self, ctx):
         self._log("start.jsonl", self._view(ctx))
+        self._log("order.jsonl", ["start", self.ticks])
         if self.fail_hooks:
             raise RuntimeError("on_start broke")
 
@@ -51,6 +52,7 @@ class Probe(Strategy):
 
     def on_fill(self, fill):
         self._log("fills.jsonl", [fill.client_order_id, fill.purpose, fill.side, fill.amount])
+        self._log("order.jsonl", ["fill", fill.purpose, fill.side, self.ticks])
 
     def on_tick(self, ctx):
         self.ticks += 1
@@ -167,6 +169,29 @@ def test_a_strategy_sees_entry_pnl_stop_and_balances_and_its_take_profit_exits(p
 
     assert bot.stop() == 0  # SIGTERM: on_stop once (none for the SIGKILL)
     assert len(_lines(out / "stop.jsonl")) == 1 and len(_lines(out / "start.jsonl")) == 2
+
+
+def test_fills_adopted_at_startup_are_told_before_the_strategy_starts(probe):
+    """A stop that filled while the bot was down: the restarted strategy hears of the fill
+    before on_start and its first tick (it must not re-enter as if still holding, or as if the
+    stop had not sold)."""
+    bot, out = probe()
+    (out / "buy.json").write_text(json.dumps({"amount": 0.01}))
+    wait_until(lambda: len(_stops(bot)) == 1, 20, interval=0.1, message="the entry's stop")
+    stop_price = float(_stops(bot)[0]["stopPrice"])
+    bot.kill(signal.SIGKILL)
+    bot.paper.set_price(SYMBOL, round(stop_price * 0.99, 2))
+    wait_until(lambda: _stops(bot, "FILLED"), 20, interval=0.1,
+               message="the stop filled while the bot was down")
+
+    bot.start()
+    bot.wait_state("running")
+    seq = wait_until(lambda: (x := _lines(out / "order.jsonl")) and x.count(["start", 0]) == 2 and x,
+                     20, interval=0.1, message="the second on_start")
+    restart = [i for i, e in enumerate(seq) if e == ["start", 0]][1]
+    told = [i for i, e in enumerate(seq) if e[:3] == ["fill", "protective", "sell"]]
+    assert told and told[0] < restart and seq[told[0]][3] == 0, seq
+    assert _position(bot) == 0.0
 
 
 def test_hooks_that_raise_are_recorded_and_never_stop_the_bot(probe):
