@@ -116,6 +116,11 @@ def _signal(pids: list[int], sig: int) -> None:
             pass
 
 
+def _trail(s: System) -> tuple[set[str], set[str]]:
+    """The bot's order ids and fill ids on the exchange."""
+    return {o["clientOrderId"] for o in bot_orders(s)}, {str(f["id"]) for f in bot_fills(s)}
+
+
 def kill_host(s: System, with_stops: bool) -> tuple[float, dict[str, dict], set[str], int]:
     """Freeze, then SIGKILL, every tradeguard process at a moment when the bot holds positions
     (each with its stop when ``with_stops``) and nothing else of it rests. Returns (moment,
@@ -132,18 +137,18 @@ def kill_host(s: System, with_stops: bool) -> tuple[float, dict[str, dict], set[
                                f"{'each with its stop resting' if with_stops else 'without stops'} "
                                "and nothing else open")
         pids = _host_pids(s, venue)
+        seen = _trail(s)
         _signal(pids, signal.SIGSTOP)  # all at once: none of them can react to another's death
         t0 = time.time()
         let_run(SETTLE_S)
-        ids = {o["clientOrderId"] for o in bot_orders(s)}
         snap = ready()
-        if snap is not None:
+        if snap is not None and _trail(s) == seen:
             _signal(pids, signal.SIGKILL)
             for p in pids:
                 wait_dead(p)
             s.proc.wait(5)
-            return t0, snap, ids, venue
-        _signal(pids, signal.SIGCONT)  # an order landed after the look: try another moment
+            return t0, snap, seen[0], venue
+        _signal(pids, signal.SIGCONT)  # a request on the wire landed after the look: not quiet
     raise RuntimeError("no quiet moment to kill the host in 10 tries")
 
 
@@ -207,9 +212,9 @@ def _dead_window(s: System, t0: float, ids: set[str], stop_ids: set[str], until:
 def _adopted(s: System, stop_ids: set[str]) -> list[str]:
     """The stops whose exchange fills state.db does not (yet) hold as fills of a protective order."""
     ex = {o["clientOrderId"]: o for o in bot_orders(s) if o["clientOrderId"] in stop_ids}
-    fills = {f["clientOrderId"]: set() for f in bot_fills(s)}
+    fills: dict[str, set[str]] = {}
     for f in bot_fills(s):
-        fills[f["clientOrderId"]].add(str(f["id"]))
+        fills.setdefault(f["clientOrderId"], set()).add(str(f["id"]))
     bad = []
     for cid in stop_ids:
         rows = state_rows(s, "SELECT purpose, state, filled FROM orders WHERE client_order_id = ?", (cid,))
