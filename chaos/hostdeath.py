@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import signal
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,6 @@ from chaos.attacks import bot_fills, bot_holds, bot_orders, state_rows, wait_dea
 from chaos.base import Ctx, Injection, Scenario, failpoints_consumed, let_run, recovered_after
 from chaos.invariants import Violation, _base, bot_net
 from chaos.system import System, poll
-from paper_exchange.markets import market_for
 from tradeguard.runner import default_programs, write_supervisord_conf
 
 DRIVE_PCT = 20.0          # the price is driven this far below its last print...
@@ -57,6 +58,14 @@ def _unified(s: System, symbol_id: str) -> str:
     return next(x for x in s.cfg.exchange.symbols if x.replace("/", "") == symbol_id)
 
 
+def lot_filters(s: System, symbol: str) -> tuple[float, float]:
+    """(lot step, minimum notional) of ``symbol``, as the venue's public exchangeInfo says."""
+    url = f"http://127.0.0.1:{s.cfg.paper.port}/api/v3/exchangeInfo?symbol={symbol.replace('/', '')}"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        filters = {f["filterType"]: f for f in json.loads(r.read())["symbols"][0]["filters"]}
+    return float(filters["LOT_SIZE"]["stepSize"]), float(filters["NOTIONAL"]["minNotional"])
+
+
 def holdings(s: System, stops_on: bool = True) -> dict[str, dict]:
     """Per symbol the bot holds (exchange fills) above what the venue would accept in an order:
     the held amount, its resting stops, the open sells locking it, and whether they cover it to
@@ -66,14 +75,14 @@ def holdings(s: System, stops_on: bool = True) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for base, qty in bot_holds(s).items():
         sym = next(x for x in s.cfg.exchange.symbols if x.startswith(base + "/"))
-        m = market_for(sym)
+        step, min_notional = lot_filters(s, sym)
         mine = [o for o in open_ if _base(o["symbol"]) == base]
         stops = [o for o in mine if o["type"] in STOP_TYPES]
         locked = sum(_remaining(o) for o in mine if o["side"] == "SELL")
         price = prices.get(sym.replace("/", ""), prices.get(sym, 0.0))
-        if (qty - float(m.step_size)) * price < float(m.min_notional):
+        if (qty - step) * price < min_notional:
             continue  # nothing the venue would accept: no stop can hold it
-        ok = not stops_on or bool(stops) and locked >= qty - float(m.step_size) - 1e-12
+        ok = not stops_on or bool(stops) and locked >= qty - step - 1e-12
         out[sym] = {"held": qty, "stops": stops, "price": price, "covered": ok}
     return out
 
