@@ -42,6 +42,7 @@ SETTLE_S = 0.5            # after the freeze: a request already on the wire land
 RESTART_TIMEOUT = 60.0
 ADOPT_TIMEOUT = 20.0
 COVERED_TIMEOUT = 20.0    # exit-window: for each position to have its stop again
+STOP_PCT_TOL = 0.01       # percentage points: the stop price is rounded to the tick
 STOP_TYPES = ("STOP_LOSS", "STOP_LOSS_LIMIT")
 OPEN = ("NEW", "PARTIALLY_FILLED")
 
@@ -264,6 +265,11 @@ def _stop_outcomes(s: System, snap: dict[str, dict], entries: dict[str, tuple[fl
             loss, dist, bound = ((entry - x) / entry * 100 for x in (vwap, sp, floor))
             notes.append(f"{sym}: entry {entry:.2f}, stop {dist:.2f} % ({sp:g}), filled {qty:g} at "
                          f"{vwap:.2f}: loss {loss:.2f} % (bound {bound:.2f} %)")
+            want = s.cfg.risk.stop_loss_pct
+            if dist > want + STOP_PCT_TOL:
+                out.append(Violation("stop-distance", f"{sym}: stop {o['clientOrderId']} rested "
+                                     f"{dist:.2f} % below the entry {entry:.2f}, not the "
+                                     f"configured {want:g} %"))
             if vwap < floor - 0.01:
                 out.append(Violation("loss-bounded-by-stop", f"{sym}: stop at {sp:g} filled at "
                                      f"{vwap:.2f}, below the floor {floor:.2f} (stop distance "

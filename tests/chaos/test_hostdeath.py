@@ -8,6 +8,9 @@ import pytest
 
 from chaos.hostdeath import DRIVE_PCT
 from tests.chaos.test_chaos_smoke import _failures, _run
+from tradeguard.config import RiskConfig
+
+STOP_LOSS_PCT = RiskConfig().stop_loss_pct  # the chaos configuration keeps the default
 
 LOSS_RE = re.compile(r"(\w+/\w+): entry [\d.]+, stop ([\d.]+) % \([\d.]+\), filled [\d.e-]+ at "
                      r"[\d.]+: loss ([\d.]+) % \(bound ([\d.]+) %\)")
@@ -32,6 +35,7 @@ def test_host_death_stops_bound_the_loss(tmp_path) -> None:
     rows = LOSS_RE.findall(o["note"])
     assert rows, o["note"]
     for symbol, stop_pct, loss, bound in rows:
+        assert abs(float(stop_pct) - STOP_LOSS_PCT) <= 0.01, o["note"]  # the default distance
         assert float(stop_pct) <= float(loss) <= float(bound) < DRIVE_PCT / 2, o["note"]
 
 
