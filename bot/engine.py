@@ -433,11 +433,12 @@ class Bot:
                 if self._degraded_skips == 1 or self._degraded_skips % 100 == 0:
                     log.info("%s: entry not sent (exits only) [%d skipped]", degradation, self._degraded_skips)
                 continue
-            if spec.side == "sell" and self.stops is not None and self.stops.live(spec.symbol) and \
-                    not self._step("release stop", self.stops.release, spec.symbol, budget):
-                # spot: the stop locks the coins. Canceled first; the sell waits for a later tick
-                # while the cancel is unconfirmed or the stop traded (the position changed)
-                continue
+            if spec.side == "sell" and self.stops is not None and self.stops.live(spec.symbol):
+                if not self._step("release stop", self.stops.release, spec.symbol, budget):
+                    # spot: the stop locks the coins. Canceled first; the sell waits for a later tick
+                    # while the cancel is unconfirmed or the stop traded (the position changed)
+                    continue
+                self.rt.failpoints.hit("exit.after_stop_cancel")  # chaos: the unprotected window
             if spec.purpose == "entry" and getattr(a, "stop_loss_pct", None) is not None:
                 self._strategy_stop(spec.symbol, a.stop_loss_pct)
             self._step("order", self.orders.place, spec, book, budget)

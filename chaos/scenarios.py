@@ -12,6 +12,7 @@ from chaos.attacks import ATTACKS
 from chaos.base import (RECOVERY_TIMEOUT, Ctx, Injection, Scenario, emergency_done,
                         failpoints_consumed, flat, kill_at, kill_bot, kill_state, let_run,
                         recovered_after, tg)
+from chaos.hostdeath import HOSTDEATH
 from chaos.invariants import Window
 from chaos.system import poll
 
@@ -267,4 +268,5 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("exchange-restart", "Restart the paper exchange mid-trade.", exchange_restart),
     Scenario("sigterm", "SIGTERM the bot under load: it must exit cleanly within 10 s.", sigterm),
     *ATTACKS,
+    *HOSTDEATH,
 ]}

@@ -141,6 +141,7 @@ class System:
     # > 0: the data dir is a tmpfs of this many MB (root only), so that it can really fill up
     data_tmpfs_mb: int = 0
     failpoints: str = ""  # armed in data/FAILPOINTS before the bot's first start
+    extra_config: str = ""  # TOML appended to the configuration (sections FAST_CONFIG lacks)
     owner: dict[str, float] = field(default_factory=lambda: dict(OWNER_COINS))
     proc: subprocess.Popen | None = None
     cfg: Config | None = None
@@ -158,7 +159,7 @@ class System:
         conf_file.write_text(FAST_CONFIG.format(
             paper_port=free_port(), health_port=free_port(), seed=self.seed,
             memory_limit_mb=self.memory_limit_mb, restart_budget=self.restart_budget,
-            startup_timeout_s=self.startup_timeout_s))
+            startup_timeout_s=self.startup_timeout_s) + self.extra_config)
         if self.data_tmpfs_mb:
             self._mount_tmpfs_data()
         self.cfg = load_config(conf_file, data_dir=self.root / "data", logs_dir=self.root / "logs",

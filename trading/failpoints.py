@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ENV_VAR = "TRADEGUARD_FAILPOINTS"
 FILE_NAME = "FAILPOINTS"
 NAMES = ("startup", "orders.after_intent", "orders.before_submit", "orders.after_submit",
-         "orders.after_ack", "loop.tick", "memory")
+         "orders.after_ack", "loop.tick", "memory", "exit.after_stop_cancel")
 ACTIONS = ("crash", "exit", "raise", "hang", "stall", "leak")
 DEFAULT_LEAK_MB = 20
 _ENTRY_RE = re.compile(r"^(?P<name>[a-z_.]+)=(?P<action>[a-z]+)(?::(?P<arg>\d+))?"
