@@ -235,6 +235,9 @@ def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
                 shutil.copytree(paths.data_dir, keep / "data")
             else:
                 paths = copy_history(Path(tmp) / "run0" / "archived", root)
+            # the copies above leave up to gigabytes of dirty pages: written back now, not by the
+            # kernel while the bot is being timed (at 10^6 that writeback cost the measures ~40 %)
+            os.sync()
             px = _px(root / "paper")
             env = {**px.env, **FAST}
             if args.unarchived:
@@ -276,6 +279,157 @@ def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
         out["cold_start_runs"] = [round(c, 3) for c in cold]
     print(f"history {n}: {json.dumps(out)}", flush=True)
     return out
+
+
+def _tick_sampler(path: Path, pid: int, stop_at: threading.Event, out: list[float]) -> threading.Thread:
+    """A thread that appends the loop_ms of every new heartbeat of ``pid`` until ``stop_at``."""
+    from tradeguard.heartbeat import read_heartbeat
+
+    def run() -> None:
+        last = None
+        while not stop_at.is_set():
+            hb = read_heartbeat(path)
+            if hb is not None and hb.pid == pid and hb.seq != last:
+                last = hb.seq
+                out.append(float(hb.detail.get("loop_ms") or 0.0))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _keep_files(src: Path, dest: Path) -> None:
+    """Replace the plain files of ``dest`` with those of ``src`` (subdirectories, such as the
+    archives, stay where they are: a flatten does not write them)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in dest.iterdir():
+        if p.is_file():
+            p.unlink()
+    for p in src.iterdir():
+        if p.is_file():
+            shutil.copy2(p, dest / p.name)
+
+
+def side_by_side(roots: dict[int, Path], args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Every size in the same minutes, interleaved, so that the host's own drift (shared cores:
+    the same command here varies by 50 % from one quarter hour to the next) cannot pass for a
+    difference between sizes. Cold starts alternate size by size (``--runs`` each, the order
+    reversed every round); then one bot per size runs at once for ``--minute`` s, steady ticks
+    sampled from each, while ``status``, ``db check`` and the health snapshot (cache miss) take
+    turns between the sizes; then the flatten of each, in turn."""
+    import psutil
+    from tests.helpers.proc import spawn, stop, tradeguard_cmd
+
+    sizes = list(roots)
+    out: dict[int, dict[str, Any]] = {n: {"orders": n, "cold": [], "first_tick": [], "ticks": [],
+                                          "status": [], "db_check": [], "health": [],
+                                          "flattens": []} for n in sizes}
+    with tempfile.TemporaryDirectory(prefix="bench-history-sbs-") as tmp:
+        setups: dict[int, tuple[RuntimePaths, Any, dict[str, str], list[str]]] = {}
+        try:
+            for n in sizes:
+                root = Path(tmp) / str(n)
+                paths = copy_history(roots[n], root)
+                out[n]["archive"] = None if args.unarchived else _archive(paths)
+                px = _px(root / "paper")
+                env = {**px.env, **FAST}
+                if args.unarchived:
+                    env["TRADEGUARD_RETENTION_ENABLED"] = "false"
+                argv = tradeguard_cmd("bot", "--config", str(px.config_file), "--data-dir",
+                                      str(paths.data_dir), "--logs-dir", str(paths.logs_dir))
+                setups[n] = (paths, px, env, argv)
+            os.sync()  # the copies' dirty pages are written back before anything is timed
+            for r in range(args.runs):
+                for n in (sizes if r % 2 == 0 else sizes[::-1]):
+                    paths, px, env, argv = setups[n]
+                    seen: list[Any] = []
+                    t0 = time.perf_counter()
+                    proc = spawn(argv, env=env, log=paths.logs_dir / "bot.out")
+                    try:
+                        hb = _heartbeats(paths.heartbeat, proc.pid, lambda h: h.state == "running", 120, seen)
+                        out[n]["cold"].append(seen[-1][0] - t0)
+                        nxt = _heartbeats(paths.heartbeat, proc.pid, lambda h: h.seq > hb.seq, 60, seen)
+                        out[n]["first_tick"].append(float(nxt.detail.get("loop_ms") or 0.0))
+                    finally:
+                        stop(proc)
+            procs = {n: spawn(setups[n][3], env=setups[n][2], log=setups[n][0].logs_dir / "bot.out")
+                     for n in sizes}
+            done = threading.Event()
+            try:
+                for n in sizes:
+                    _heartbeats(setups[n][0].heartbeat, procs[n].pid, lambda h: h.state == "running", 120, [])
+                samplers = [_tick_sampler(setups[n][0].heartbeat, procs[n].pid, done, out[n]["ticks"])
+                            for n in sizes]
+                end, turn = time.monotonic() + args.minute, 0
+                while time.monotonic() < end:
+                    for n in (sizes if turn % 2 == 0 else sizes[::-1]):
+                        paths, px, _, _ = setups[n]
+                        cli = ["--config", str(px.config_file), "--data-dir", str(paths.data_dir),
+                               "--logs-dir", str(paths.logs_dir)]
+                        out[n]["status"].append(_cli_seconds("status", "--json", *cli, env=px.env)[0])
+                        sec, rc = _cli_seconds("db", "check", *cli, env=px.env)
+                        out[n]["db_check"].append(sec)
+                        out[n]["db_check_exit"] = max(rc, out[n].get("db_check_exit", 0))
+                        out[n]["health"].append(_snapshot_ms(paths, px, runs=5))
+                    turn += 1
+                for n in sizes:
+                    out[n]["rss_mb_after_minute"] = round(psutil.Process(procs[n].pid).memory_info().rss / 2**20, 1)
+                    out[n]["state_db_mb_running"] = round(setups[n][0].state_db.stat().st_size / 1e6, 2)
+            finally:
+                done.set()
+                for proc in procs.values():
+                    stop(proc)
+            import ccxt  # noqa: F401  (imported once before: no size pays the import for the others)
+            for n in sizes:  # what each flatten starts from: the bot's files and the venue's
+                setups[n][1].stop()
+                _keep_files(setups[n][0].data_dir, Path(tmp) / f"{n}-keep" / "bot")
+                _keep_files(setups[n][1].data_dir, Path(tmp) / f"{n}-keep" / "venue")
+            for r in range(args.runs):
+                for n in (sizes[::-1] if r % 2 == 0 else sizes):
+                    paths, px, _, _ = setups[n]
+                    _keep_files(Path(tmp) / f"{n}-keep" / "bot", paths.data_dir)
+                    _keep_files(Path(tmp) / f"{n}-keep" / "venue", px.data_dir)
+                    px.start()
+                    os.sync()
+                    try:
+                        out[n]["flattens"].append(_flatten(paths, px))
+                    finally:
+                        px.stop()
+        finally:
+            for _, px, _, _ in setups.values():
+                px.stop()
+    med = statistics.median
+    for n in sizes:
+        o = out[n]
+        o["cold_start_s"], o["first_tick_ms"] = round(med(o["cold"]), 3), round(med(o["first_tick"]), 2)
+        o["steady_tick_ms"] = round(med(o["ticks"][5:] or o["ticks"]), 2)
+        o["status_s"], o["db_check_s"] = round(med(o["status"]), 3), round(med(o["db_check"]), 3)
+        o["health_detailed_miss_ms"] = round(med(o["health"]), 2)
+        firsts = [f["first_order_s"] for f in o["flattens"] if f["first_order_s"] is not None]
+        o["flatten"] = {"first_order_s": round(med(firsts), 3) if firsts else None,
+                        "total_s": round(med(f["total_s"] for f in o["flattens"]), 3),
+                        "runs": o.pop("flattens")}
+        o["samples"] = {k: len(o[k]) for k in ("cold", "ticks", "status", "db_check", "health")}
+        for k in ("cold", "first_tick", "ticks", "status", "db_check", "health"):
+            del o[k]
+        print(f"history {n}: {json.dumps(o)}", flush=True)
+    return out
+
+
+def ratios(results: dict[Any, Any], sizes: list[int]) -> None:
+    """Each figure at every size as a multiple of the smallest size's (the issue's 20 % rule)."""
+    keys = ("cold_start_s", "first_tick_ms", "steady_tick_ms", "rss_mb_after_minute", "status_s",
+            "db_check_s", "health_detailed_miss_ms")
+    base = results[sizes[0]]
+    print("\n| figure | " + " | ".join(f"{n:,}" for n in sizes[1:]) + f" (x of {sizes[0]:,}) |")
+    print("|---|" + "---|" * (len(sizes) - 1))
+    def fig(r: dict[str, Any], k: str) -> float:
+        return (r["flatten"]["first_order_s"] or 0.0) if k == "flatten_first_order_s" else r[k]
+
+    for k in (*keys, "flatten_first_order_s"):
+        print(f"| {k} | " + " | ".join(f"{fig(results[n], k) / fig(base, k):.2f}" if fig(base, k)
+                                       else "-" for n in sizes[1:]) + " |")
 
 
 def watchdog_rss_mb(seconds: float = 60.0) -> dict[str, Any]:
@@ -321,9 +475,10 @@ def report(results: dict[Any, Any], sizes: list[int]) -> None:
               f"{r['db_check_s']:.2f} s | {r['health_detailed_miss_ms']:.1f} ms | "
               f"{'%.2f s' % fl['first_order_s'] if fl['first_order_s'] is not None else 'no position (%.2f s)' % fl['total_s']} | "
               f"{a.get('state_db_after_mb', r['state_db_mb_running'])} MB |")
-    wd = results["watchdog"]
-    print(f"\nwatchdog (real process, {wd['after_s']:.0f} s): RSS {wd['rss_mb']} MiB, USS {wd['uss_mb']} "
-          f"MiB; after a /metrics scrape: RSS {wd['rss_mb_after_scrape']} MiB")
+    wd = results.get("watchdog")
+    if wd:
+        print(f"\nwatchdog (real process, {wd['after_s']:.0f} s): RSS {wd['rss_mb']} MiB, USS "
+              f"{wd['uss_mb']} MiB; after a /metrics scrape: RSS {wd['rss_mb_after_scrape']} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minute", type=float, default=60.0, help="seconds of the steady run")
     ap.add_argument("--unarchived", action="store_true",
                     help="measure with the whole history in state.db (retention off)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="measure every size in the same minutes, interleaved (see side_by_side)")
+    ap.add_argument("--skip-watchdog", action="store_true", help="no watchdog memory run")
     ap.add_argument("--watchdog-only", action="store_true",
                     help="only the real watchdog's memory (no history is built or measured)")
     args = ap.parse_args(argv)
@@ -354,10 +512,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"history {n}: ready ({time.monotonic() - t:.0f} s)", flush=True)
     if args.build_only:
         return 0
-    results = {n: measure(n, root, args) for n, root in roots.items()}
-    results["watchdog"] = watchdog_rss_mb(args.minute)
+    if args.side_by_side:
+        results: dict[Any, Any] = side_by_side(roots, args)
+    else:
+        results = {n: measure(n, root, args) for n, root in roots.items()}
+    if not args.skip_watchdog:
+        results["watchdog"] = watchdog_rss_mb(args.minute)
     print(json.dumps(results, indent=2))
     report(results, sizes)
+    ratios(results, sizes)
     return 0
 
 
