@@ -146,6 +146,19 @@ def _cli_seconds(*args: str, env: dict[str, str]) -> tuple[float, int]:
     return time.perf_counter() - t, r.returncode
 
 
+def _bot_setup(root: Path, paths: RuntimePaths, unarchived: bool) -> tuple[Any, dict[str, str], list[str]]:
+    """A running paper exchange of its own for the bot of ``paths``; the bot's env and argv."""
+    from tests.helpers.proc import tradeguard_cmd
+
+    px = _px(root / "paper")
+    env = {**px.env, **FAST}
+    if unarchived:
+        env["TRADEGUARD_RETENTION_ENABLED"] = "false"
+    argv = tradeguard_cmd("bot", "--config", str(px.config_file), "--data-dir",
+                          str(paths.data_dir), "--logs-dir", str(paths.logs_dir))
+    return px, env, argv
+
+
 def _archive(paths: RuntimePaths) -> dict[str, Any]:
     """The default retention policy applied to the copy, as the bot would (batch by batch)."""
     from resilience.keys import ensure_cipher
@@ -221,7 +234,7 @@ def _flatten(paths: RuntimePaths, px: Any) -> dict[str, Any]:
 def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Every figure for one history size (see the module docstring)."""
     import psutil
-    from tests.helpers.proc import spawn, stop, tradeguard_cmd
+    from tests.helpers.proc import spawn, stop
 
     out: dict[str, Any] = {"orders": n}
     with tempfile.TemporaryDirectory(prefix=f"bench-history-{n}-") as tmp:
@@ -238,12 +251,7 @@ def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
             # the copies above leave up to gigabytes of dirty pages: written back now, not by the
             # kernel while the bot is being timed (at 10^6 that writeback cost the measures ~40 %)
             os.sync()
-            px = _px(root / "paper")
-            env = {**px.env, **FAST}
-            if args.unarchived:
-                env["TRADEGUARD_RETENTION_ENABLED"] = "false"
-            argv = tradeguard_cmd("bot", "--config", str(px.config_file), "--data-dir",
-                                  str(paths.data_dir), "--logs-dir", str(paths.logs_dir))
+            px, env, argv = _bot_setup(root, paths, args.unarchived)
             seen: list[Any] = []
             t0 = time.perf_counter()
             proc = spawn(argv, env=env, log=root / "bot.out")
@@ -299,9 +307,14 @@ def _tick_sampler(path: Path, pid: int, stop_at: threading.Event, out: list[floa
     return t
 
 
-def _keep_files(src: Path, dest: Path) -> None:
+def _keep_files(src: Path, dest: Path, *, tree: bool = False) -> None:
     """Replace the plain files of ``dest`` with those of ``src`` (subdirectories, such as the
-    archives, stay where they are: a flatten does not write them)."""
+    bot's archives, stay where they are: a flatten does not write them); ``tree``: the whole
+    directory (the venue's: its ledger lives in a subdirectory)."""
+    if tree:
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src, dest)
+        return
     dest.mkdir(parents=True, exist_ok=True)
     for p in dest.iterdir():
         if p.is_file():
@@ -319,7 +332,7 @@ def side_by_side(roots: dict[int, Path], args: argparse.Namespace) -> dict[int, 
     sampled from each, while ``status``, ``db check`` and the health snapshot (cache miss) take
     turns between the sizes; then the flatten of each, in turn."""
     import psutil
-    from tests.helpers.proc import spawn, stop, tradeguard_cmd
+    from tests.helpers.proc import spawn, stop
 
     sizes = list(roots)
     out: dict[int, dict[str, Any]] = {n: {"orders": n, "cold": [], "first_tick": [], "ticks": [],
@@ -332,13 +345,7 @@ def side_by_side(roots: dict[int, Path], args: argparse.Namespace) -> dict[int, 
                 root = Path(tmp) / str(n)
                 paths = copy_history(roots[n], root)
                 out[n]["archive"] = None if args.unarchived else _archive(paths)
-                px = _px(root / "paper")
-                env = {**px.env, **FAST}
-                if args.unarchived:
-                    env["TRADEGUARD_RETENTION_ENABLED"] = "false"
-                argv = tradeguard_cmd("bot", "--config", str(px.config_file), "--data-dir",
-                                      str(paths.data_dir), "--logs-dir", str(paths.logs_dir))
-                setups[n] = (paths, px, env, argv)
+                setups[n] = (paths, *_bot_setup(root, paths, args.unarchived))
             os.sync()  # the copies' dirty pages are written back before anything is timed
             for r in range(args.runs):
                 for n in (sizes if r % 2 == 0 else sizes[::-1]):
@@ -384,12 +391,12 @@ def side_by_side(roots: dict[int, Path], args: argparse.Namespace) -> dict[int, 
             for n in sizes:  # what each flatten starts from: the bot's files and the venue's
                 setups[n][1].stop()
                 _keep_files(setups[n][0].data_dir, Path(tmp) / f"{n}-keep" / "bot")
-                _keep_files(setups[n][1].data_dir, Path(tmp) / f"{n}-keep" / "venue")
+                _keep_files(setups[n][1].data_dir, Path(tmp) / f"{n}-keep" / "venue", tree=True)
             for r in range(args.runs):
                 for n in (sizes[::-1] if r % 2 == 0 else sizes):
                     paths, px, _, _ = setups[n]
                     _keep_files(Path(tmp) / f"{n}-keep" / "bot", paths.data_dir)
-                    _keep_files(Path(tmp) / f"{n}-keep" / "venue", px.data_dir)
+                    _keep_files(Path(tmp) / f"{n}-keep" / "venue", px.data_dir, tree=True)
                     px.start()
                     os.sync()
                     try:
