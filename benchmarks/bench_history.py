@@ -1,7 +1,7 @@
 """History benchmark (#20): does a bot with a year of trading start, tick and answer as on day one?
 
-    .venv/bin/python -m benchmarks.bench_history --build-only --sizes 1000,100000,1000000
-    .venv/bin/python -m benchmarks.bench_history --sizes 1000,100000,1000000
+    .venv/bin/python -m benchmarks.bench_history --build-only --sizes 1000,100000,1000000 --per-day 150
+    .venv/bin/python -m benchmarks.bench_history --sizes 1000,100000,1000000 --per-day 150 --runs 5 --minute 120
 
 For each size N, a state.db with N closed orders is built through the store's own API (each
 order with one fill and three transitions, encrypted as the bot writes them; tests/helpers/
@@ -10,21 +10,24 @@ over N / R days: the same order rate for every size, so that every size has the 
 (the retention window holds the same orders) and only the history behind it differs. Building takes 1-2 ms an
 order here (``StateStore.batch()``: 500 orders a transaction; 10^6 in ~25 min), so each database
 is built once into ``--cache`` (``benchmarks/.cache/``, gitignored; resumable: an interrupted
-build continues) and copied for every measurement. Then, on a copy:
+build continues) and copied for every measurement. Every size is measured in the same minutes,
+interleaved (``side_by_side``): on this shared host the same command drifts by half from one
+quarter hour to the next, and sizes measured one after the other showed that drift as a
+difference between them. Then, on a copy:
 
 * ``archive``: the default retention policy ([retention] archive_after_days = 7) applied with
   the Archiver (batch after batch, as the bot does a slice per tick) -- its time, and state.db's
   size before and after (the policy's bound) and the archives' size;
 * ``cold start``: ``tradeguard bot`` spawned until its heartbeat says ``running`` (recovery done),
   median of ``--runs``; ``first tick`` is the loop_ms of the first heartbeat after it;
-* ``steady tick``: median loop_ms of the heartbeats over the minute after start;
-* ``RSS``: the bot's RSS a minute after start;
+* ``steady tick``: median loop_ms of the heartbeats while every size's bot runs, ``--minute`` s;
+* ``RSS``: each bot's RSS at the end of that;
 * ``status``: ``tradeguard status --json`` wall time; ``db check``: ``tradeguard db check``
-  (live state.db: quick_check, key check of the recent rows) while the bot runs;
+  (live state.db: quick_check, key check of the recent rows) while the bots run;
 * ``/health/detailed``: in-process ``build_snapshot`` with the state.db cache expired (a cache
-  miss), median of 20;
-* ``flatten``: ``Emergency`` run (the watchdog's flatten, in-process) on the data dir until its
-  first order reaches the paper exchange.
+  miss), median of 5 a turn;
+* ``flatten``: ``Emergency`` run (the watchdog's flatten, in-process) on the files the stopped bot
+  left until its first order reaches the paper exchange, ``--runs`` times from kept copies.
 
 And the watchdog's memory: RSS and USS of a real ``tradeguard watchdog`` process in a supervisord
 system (paper exchange, bot, watchdog) after ``--minute`` seconds, and its RSS after one
@@ -185,7 +188,7 @@ def _archive(paths: RuntimePaths) -> dict[str, Any]:
             "archives": len(files), "archives_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2)}
 
 
-def _snapshot_ms(paths: RuntimePaths, px: Any, runs: int = 20) -> float:
+def _snapshot_ms(paths: RuntimePaths, px: Any, runs: int = 5) -> float:
     """build_snapshot (what /health/detailed serves) with the state.db cache expired."""
     from tradeguard.config import load_config
     from watchdog.health import snapshot
@@ -229,64 +232,6 @@ def _flatten(paths: RuntimePaths, px: Any) -> dict[str, Any]:
     return {"first_order_s": round(first[0] - t, 3) if first else None,
             "total_s": round(total, 3), "state": result.state, "orders": len(result.orders),
             "errors": [str(e)[:200] for e in result.errors[:2]]}
-
-
-def measure(n: int, cached: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Every figure for one history size (see the module docstring)."""
-    import psutil
-    from tests.helpers.proc import spawn, stop
-
-    out: dict[str, Any] = {"orders": n}
-    with tempfile.TemporaryDirectory(prefix=f"bench-history-{n}-") as tmp:
-        cold, first_tick = [], []
-        for run in range(args.runs):
-            root = Path(tmp) / f"run{run}"
-            if run == 0:
-                paths = copy_history(cached, root)
-                out["archive"] = None if args.unarchived else _archive(paths)
-                keep = root / "archived"  # the later runs start from the same policy-bound copy
-                shutil.copytree(paths.data_dir, keep / "data")
-            else:
-                paths = copy_history(Path(tmp) / "run0" / "archived", root)
-            # the copies above leave up to gigabytes of dirty pages: written back now, not by the
-            # kernel while the bot is being timed (at 10^6 that writeback cost the measures ~40 %)
-            os.sync()
-            px, env, argv = _bot_setup(root, paths, args.unarchived)
-            seen: list[Any] = []
-            t0 = time.perf_counter()
-            proc = spawn(argv, env=env, log=root / "bot.out")
-            try:
-                hb = _heartbeats(paths.heartbeat, proc.pid, lambda h: h.state == "running", 120, seen)
-                cold.append(seen[-1][0] - t0)
-                nxt = _heartbeats(paths.heartbeat, proc.pid, lambda h: h.seq > hb.seq, 60, seen)
-                first_tick.append(float(nxt.detail.get("loop_ms") or 0.0))
-                if run == args.runs - 1:  # the long run: steady ticks, RSS, CLI, health, flatten
-                    end = time.monotonic() + args.minute
-                    _heartbeats(paths.heartbeat, proc.pid, lambda h: time.monotonic() > end,
-                                args.minute + 30, seen)
-                    loops = [float(h.detail.get("loop_ms") or 0.0) for _, h in seen
-                             if h.seq > nxt.seq + 5]
-                    out["steady_tick_ms"] = round(statistics.median(loops), 2)
-                    out["rss_mb_after_minute"] = round(psutil.Process(proc.pid).memory_info().rss / 2**20, 1)
-                    cli = ["--config", str(px.config_file), "--data-dir", str(paths.data_dir),
-                           "--logs-dir", str(paths.logs_dir)]
-                    out["status_s"] = round(statistics.median(
-                        _cli_seconds("status", "--json", *cli, env=px.env)[0] for _ in range(3)), 3)
-                    checks = [_cli_seconds("db", "check", *cli, env=px.env) for _ in range(3)]
-                    out["db_check_s"] = round(statistics.median(c[0] for c in checks), 3)
-                    out["db_check_exit"] = checks[0][1]
-                    out["health_detailed_miss_ms"] = round(_snapshot_ms(paths, px), 2)
-                    out["state_db_mb_running"] = round(paths.state_db.stat().st_size / 1e6, 2)
-            finally:
-                stop(proc)
-            if run == args.runs - 1:
-                out["flatten"] = _flatten(paths, px)
-            px.stop()
-        out["cold_start_s"] = round(statistics.median(cold), 3)
-        out["first_tick_ms"] = round(statistics.median(first_tick), 2)
-        out["cold_start_runs"] = [round(c, 3) for c in cold]
-    print(f"history {n}: {json.dumps(out)}", flush=True)
-    return out
 
 
 def _tick_sampler(path: Path, pid: int, stop_at: threading.Event, out: list[float]) -> threading.Thread:
@@ -378,7 +323,7 @@ def side_by_side(roots: dict[int, Path], args: argparse.Namespace) -> dict[int, 
                         sec, rc = _cli_seconds("db", "check", *cli, env=px.env)
                         out[n]["db_check"].append(sec)
                         out[n]["db_check_exit"] = max(rc, out[n].get("db_check_exit", 0))
-                        out[n]["health"].append(_snapshot_ms(paths, px, runs=5))
+                        out[n]["health"].append(_snapshot_ms(paths, px))
                     turn += 1
                 for n in sizes:
                     out[n]["rss_mb_after_minute"] = round(psutil.Process(procs[n].pid).memory_info().rss / 2**20, 1)
@@ -470,7 +415,7 @@ def watchdog_rss_mb(seconds: float = 60.0) -> dict[str, Any]:
 
 def report(results: dict[Any, Any], sizes: list[int]) -> None:
     """The table for docs/BENCHMARKS.md."""
-    print("\n| orders of history | cold start -> running | first tick | steady tick | bot RSS after 1 min "
+    print("\n| orders of history | cold start -> running | first tick | steady tick | bot RSS at the end "
           "| `status` | `db check` | health (miss) | flatten to 1st order | state.db (after policy) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
@@ -501,8 +446,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minute", type=float, default=60.0, help="seconds of the steady run")
     ap.add_argument("--unarchived", action="store_true",
                     help="measure with the whole history in state.db (retention off)")
-    ap.add_argument("--side-by-side", action="store_true",
-                    help="measure every size in the same minutes, interleaved (see side_by_side)")
     ap.add_argument("--skip-watchdog", action="store_true", help="no watchdog memory run")
     ap.add_argument("--watchdog-only", action="store_true",
                     help="only the real watchdog's memory (no history is built or measured)")
@@ -519,10 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"history {n}: ready ({time.monotonic() - t:.0f} s)", flush=True)
     if args.build_only:
         return 0
-    if args.side_by_side:
-        results: dict[Any, Any] = side_by_side(roots, args)
-    else:
-        results = {n: measure(n, root, args) for n, root in roots.items()}
+    results: dict[Any, Any] = side_by_side(roots, args)
     if not args.skip_watchdog:
         results["watchdog"] = watchdog_rss_mb(args.minute)
     print(json.dumps(results, indent=2))
