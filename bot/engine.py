@@ -23,7 +23,7 @@ from bot.guard import Guard
 from bot.marketdata import MarketFeed
 from bot.probe import due_probes, probe
 from tradeguard.notify import Notifier
-from trading.orders import FILL_EPS, FINAL, OrderBook, recent_submissions
+from trading.orders import FILL_EPS, FINAL, REJECTED_ATTENTION, OrderBook, recent_submissions
 from bot.reconcile import MARGIN_S, Reconciler
 from resilience.state import Archiver
 from trading.risk import RiskLimits
@@ -434,6 +434,9 @@ class Bot:
                     log.info("%s: entry not sent (exits only) [%d skipped]", degradation, self._degraded_skips)
                 continue
             if spec.side == "sell" and self.stops is not None and self.stops.live(spec.symbol):
+                if self.orders.rejections.wait_s(spec.symbol, spec.purpose) > 0 or \
+                        not self.rt.order_can_go(budget):
+                    continue  # the sell could not go now: the stop stays until it can
                 if not self._step("release stop", self.stops.release, spec.symbol, budget):
                     # spot: the stop locks the coins. Canceled first; the sell waits for a later tick
                     # while the cancel is unconfirmed or the stop traded (the position changed)
@@ -508,7 +511,8 @@ class Bot:
             attention = self.store_fault or self.reconciler.attention() or "; ".join(
                 f"{step} failing: {msg}" for step, msg in self._faults.items())
             attention = "; ".join(filter(None, (attention, self._strategy_attention(),
-                                                self._stops_attention(stops))))
+                                                self._stops_attention(stops),
+                                                self._rejections_attention())))
         return {
             "bot_id": self.rt.bot_id, "started_at": self.started_at, "degradation": self.state,
             "breakers": m.breaker_states(), "positions": positions,
@@ -516,6 +520,7 @@ class Bot:
             "last_reconcile": self.reconciler.last, "needs_attention": attention or None,
             "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
             "store_fault": self.store_fault, "stops": stops, "stops_missing": sorted(self._bare),
+            "rejections": self.orders.rejections.report(),
         }
 
     def _pnl_detail(self) -> dict[str, Any]:
@@ -558,6 +563,13 @@ class Bot:
             recorder.record("stops.missing_cleared", SOURCE, f"{symbol}: no longer without a "
                             "protective stop", severity="warning", symbol=symbol)
         self._bare = bare
+
+    def _rejections_attention(self) -> str | None:
+        """Set while the exchange has rejected REJECTED_ATTENTION orders in a row of a symbol and
+        purpose (an exit it keeps refusing leaves the position to its stop alone)."""
+        keys = self.orders.rejections.persistent(REJECTED_ATTENTION)
+        return f"the exchange keeps rejecting orders: {', '.join(keys)} (held back between " \
+               "tries; see detail.rejections)" if keys else None
 
     def _strategy_attention(self) -> str | None:
         """Set while the strategy has raised on ``[bot] strategy_failures_attention`` ticks in a row."""

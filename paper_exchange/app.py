@@ -38,6 +38,9 @@ def _error(e: PaperApiError) -> Response:
     return _json({"code": e.code, "msg": e.msg}, e.status)
 
 
+_BODY_KEY = "tradeguard.paper.body"
+
+
 def _params(query: str, body: str) -> RequestParams:
     """Query and form parameters together; a repeated name is -1101 like Binance."""
     out = RequestParams()
@@ -85,7 +88,7 @@ class PaperApp:
             if request.remote_addr not in LOOPBACK:
                 raise PaperApiError(-1002, "The control API only answers loopback clients.", 403)
             return _json(control_api.handle(self, method, path, self._read_body(request)))
-        fault = self.faults.take(method, path)
+        fault = self.faults.take(method, path, lambda: self._fields(request))
         if fault is not None:
             self.record("paper.fault", f"fault {fault.id} ({fault.action}) on {method} {path}",
                         fault=fault.view())
@@ -99,12 +102,26 @@ class PaperApp:
         return response
 
     def _read_body(self, request: Request) -> bytes:
+        cached = request.environ.get(_BODY_KEY)
+        if cached is not None:  # read once already (a fault that matches on parameters)
+            return cached
         if (request.content_length or 0) > MAX_BODY:
             raise apierrors.too_large(MAX_BODY)
         body = request.stream.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
             raise apierrors.too_large(MAX_BODY)
+        request.environ[_BODY_KEY] = body
         return body
+
+    def _fields(self, request: Request) -> dict[str, str]:
+        """The request's query and form parameters, leniently (for fault matching only: a
+        malformed request is still refused by the API's own checks)."""
+        try:
+            body = self._read_body(request).decode("utf-8", "replace")
+        except PaperApiError:
+            body = ""
+        return dict(parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True)
+                    + parse_qsl(body, keep_blank_values=True))
 
     def _serve_api(self, request: Request, method: str, path: str, fault: Fault | None) -> Response:
         retry_after = None

@@ -14,6 +14,10 @@ A fault matches a method (or ``*``) and a path (``*`` = every API path, or a glo
   ``GET /order``, ``openOrders``, ``allOrders``, ``myTrades`` and cancels (-2013/-2011) for
   ``seconds`` (eventual visibility).
 
+A fault with ``params`` (an object of strings) matches only requests whose query or form
+parameters carry those values, e.g. ``{"type": "MARKET", "side": "SELL"}``: a venue that
+refuses market sells while it takes the stop orders on the same path.
+
 ``delay`` holds an accepted request *after* its signature and recvWindow were checked, on its way
 to the matching engine, which checks the recvWindow again. ``delay`` and ``apply_then_fail`` also
 take ``invisible_s``: the order they create is hidden that long (a lost answer followed by
@@ -25,14 +29,15 @@ import fnmatch
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from tradeguard.exceptions import PaperApiError
 
 ACTIONS = ("respond", "delay", "hang", "reset", "apply_then_fail", "invisible")
 THEN = ("respond", "reset", "hang")
 MAX_SECONDS = 60.0
-_KEYS = {"method", "path", "action", "times", "probability", "status", "body", "seconds", "then", "invisible_s"}
+_KEYS = {"method", "path", "action", "times", "probability", "status", "body", "seconds", "then",
+         "invisible_s", "params"}
 
 
 def _bad(msg: str) -> PaperApiError:
@@ -52,18 +57,24 @@ class Fault:
     seconds: float
     then: str
     invisible_s: float = 0.0
+    params: dict[str, str] | None = None
     hits: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method in ("*", method)) and \
-            (self.path == "*" or fnmatch.fnmatchcase(path, self.path))
+    def matches(self, method: str, path: str, fields: Callable[[], Mapping[str, str]]) -> bool:
+        if self.method not in ("*", method) or \
+                not (self.path == "*" or fnmatch.fnmatchcase(path, self.path)):
+            return False
+        if not self.params:
+            return True
+        got = fields()
+        return all(got.get(k) == v for k, v in self.params.items())
 
     def view(self) -> dict[str, Any]:
         return {"id": self.id, "method": self.method, "path": self.path, "action": self.action,
                 "times": self.times, "probability": self.probability, "status": self.status,
                 "body": self.body, "seconds": self.seconds, "then": self.then,
-                "invisible_s": self.invisible_s, "hits": self.hits}
+                "invisible_s": self.invisible_s, "params": self.params, "hits": self.hits}
 
 
 def parse_fault(spec: Any, fault_id: int, seed: int) -> Fault:
@@ -106,8 +117,13 @@ def parse_fault(spec: Any, fault_id: int, seed: int) -> Fault:
         raise _bad("'invisible_s' only applies to delay, apply_then_fail and invisible")
     if isinstance(invisible, bool) or not isinstance(invisible, (int, float)) or not 0 <= invisible <= MAX_SECONDS:
         raise _bad(f"'invisible_s' = {invisible!r}: must be a number from 0 to {MAX_SECONDS:g}")
+    params = spec.get("params")
+    if params is not None and (not isinstance(params, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in params.items())):
+        raise _bad(f"'params' = {params!r}: must be an object of strings, such as "
+                   '{"type": "MARKET", "side": "SELL"}')
     return Fault(fault_id, method, path, action, times, float(prob), status, spec.get("body", ""),
-                 float(seconds), then, float(invisible), rng=random.Random(f"{seed}:fault:{fault_id}"))
+                 float(seconds), then, float(invisible), params or None, rng=random.Random(f"{seed}:fault:{fault_id}"))
 
 
 class FaultBook:
@@ -136,13 +152,15 @@ class FaultBook:
             self._faults.clear()
             return n
 
-    def take(self, method: str, path: str) -> Fault | None:
-        """The first fault that matches and fires for this request (uses up one of its times)."""
+    def take(self, method: str, path: str,
+             fields: Callable[[], Mapping[str, str]] = lambda: {}) -> Fault | None:
+        """The first fault that matches and fires for this request (uses up one of its times).
+        ``fields()`` gives the request's parameters, read only for a fault with ``params``."""
         if not self._faults:  # the common case costs one check
             return None
         with self._lock:
             for f in self._faults:
-                if not f.matches(method, path) or f.rng.random() >= f.probability:
+                if not f.matches(method, path, fields) or f.rng.random() >= f.probability:
                     continue
                 f.hits += 1
                 if f.times is not None:

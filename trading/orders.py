@@ -26,8 +26,9 @@ import ccxt
 from blackbox import recorder
 from trading.exchange import checked_order, create_order_params, fetch_order_by_client_id
 from trading.fence import Fence
+from trading.rejections import RejectBackoff
 from trading.risk import Book, Proposal, RiskLimits
-from trading.runtime import Budget, Runtime
+from trading.runtime import Budget, Runtime, TickDeadline
 from resilience.classify import ErrorClass, classify
 from resilience.state import TERMINAL, Fill, NewOrder, Order
 from tradeguard.exceptions import CircuitOpenError, KillSwitchEngaged, RiskLimitExceeded
@@ -38,6 +39,7 @@ SOURCE = "trading.orders"
 FINAL = tuple(sorted(TERMINAL))
 IN_FLIGHT = ("INTENT", "SUBMITTING", "UNKNOWN")
 LIVE = ("OPEN",) + IN_FLIGHT
+REJECTED_ATTENTION = 3  # rejections in a row of one symbol and purpose that need a person
 STATUS_TO_STATE = {"open": "OPEN", "closed": "FILLED", "canceled": "CANCELED",
                    "cancelled": "CANCELED", "expired": "CANCELED", "rejected": "REJECTED"}
 MIN_MISSES = 3  # "not found" answers after the fence needed before a resubmission
@@ -109,6 +111,7 @@ class OrderBook:
         self._cancel_wanted: dict[str, str] = {}
         self._live: list[Order] | None = None  # cached live orders; every order write clears it
         self._blocks: dict[tuple[str, str], tuple[float, int]] = {}  # (limit, symbol) -> (reported, since)
+        self.rejections = RejectBackoff()
 
     # --- helpers -------------------------------------------------------------------------
     @property
@@ -166,10 +169,13 @@ class OrderBook:
 
     # --- placing -------------------------------------------------------------------------
     def place(self, spec: OrderSpec, book: Book, budget: Budget, *, flattening: bool = False) -> Order | None:
-        """Risk check, intent, submission. Returns the stored order, or None when blocked by risk.
+        """Risk check, intent, submission. Returns the stored order, or None when blocked by risk
+        or held back after the exchange rejected the last ones of its symbol and purpose.
 
         Raises KillSwitchEngaged when the kill switch stopped it (the intent is then CANCELED).
         """
+        if self.rejections.wait_s(spec.symbol, spec.purpose) > 0:
+            return None
         try:
             self.risk.check(Proposal(spec.symbol, spec.side, spec.amount, spec.ref_price), book)
         except RiskLimitExceeded as e:
@@ -188,7 +194,30 @@ class OrderBook:
                         amount=spec.amount, price=spec.price, purpose=spec.purpose, tag=spec.tag)
         self.rt.failpoints.hit("orders.after_intent")
         self._guard(o, flattening)
-        return self._submit(o, budget, note="submitting")
+        return self._note_outcome(self._submit(o, budget, note="submitting"))
+
+    def _note_outcome(self, o: Order) -> Order:
+        """Feed the rejection back-off: a rejection holds this symbol and purpose back for a
+        while (trading.rejections); anything the exchange took clears it; "not sent" neither."""
+        if o.state == "REJECTED":
+            run = self.rejections.rejected(o.symbol, o.purpose, o.reason or "rejected")
+            wait = self.rejections.wait_s(o.symbol, o.purpose)
+            log.warning("%s %s orders held back %.1f s: the exchange rejected %d in a row (%s)",
+                        o.symbol, o.purpose, wait, run.count, run.reason)
+            recorder.record("orders.rejected_backoff", SOURCE, f"{o.symbol} {o.purpose}: rejected "
+                            f"{run.count} in a row; the next waits {wait:.1f} s: {run.reason}"[:500],
+                            severity="error" if run.count >= REJECTED_ATTENTION else "warning",
+                            critical=run.count == 1, symbol=o.symbol, purpose=o.purpose,
+                            count=run.count, wait_s=wait)
+        elif o.state != "CANCELED":
+            ended = self.rejections.accepted(o.symbol, o.purpose)
+            if ended is not None:
+                log.info("%s %s: the exchange took an order again after %d rejections", o.symbol,
+                         o.purpose, ended.count)
+                recorder.record("orders.rejected_cleared", SOURCE, f"{o.symbol} {o.purpose}: "
+                                f"accepted again after {ended.count} rejections", severity="info",
+                                symbol=o.symbol, purpose=o.purpose, count=ended.count)
+        return o
 
     def _blocked(self, spec: OrderSpec, e: RiskLimitExceeded) -> None:
         """Log and record a blocked order — once a minute per limit and symbol, with a count."""
@@ -219,8 +248,9 @@ class OrderBook:
         try:
             resp = checked_order(rt.call("orders", rt.exchange.create_order, o.symbol, o.type, o.side,
                                          o.amount, o.price, params, budget=budget, state_changing=True))
-        except CircuitOpenError as e:
-            # the manager refused before any request left: nothing can exist on the exchange
+        except (CircuitOpenError, TickDeadline) as e:
+            # refused before any request left (an open breaker, a spent tick, the rate limit held
+            # it back): nothing can exist on the exchange. Not a rejection: no back-off
             return self.transition(o, "CANCELED", f"not sent: {e}")
         except Exception as e:  # noqa: BLE001 - every exchange error has a defined outcome
             return self._submit_failed(o, e, budget)

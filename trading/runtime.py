@@ -102,6 +102,12 @@ class Runtime:
         finally:
             self.governor.observe(getattr(self.exchange, "last_response_headers", None))
 
+    def order_can_go(self, budget: Budget) -> bool:
+        """Would a new order be sent now, rather than refused as TickDeadline (budget spent, or
+        held back by the venue's rate window for longer than the budget has left)?"""
+        left = budget.remaining()
+        return left > 0 and self.governor.order_wait_s() < left
+
     def _hold_back(self, name: str, state_changing: bool, budget: Budget | None) -> None:
         """Wait out the venue's rate window when its headers say we are near a limit: reads and
         new orders only (a cancel is never held back); within the budget, else TickDeadline."""

@@ -87,6 +87,29 @@ def test_faults_match_method_path_and_count(px, fast_client) -> None:
     assert fast_client.fetch_ticker("BTC/USDT")["last"] > 0
 
 
+def test_a_fault_with_params_matches_only_requests_carrying_them(px, fast_client) -> None:
+    """A venue that refuses market sells and takes everything else on the same path."""
+    px.add_fault(**ORDER, params={"type": "MARKET", "side": "SELL"}, action="respond", status=400,
+                 body={"code": -2010, "msg": "Account has insufficient balance for requested action."},
+                 times=None)
+    assert _buy(fast_client, "tg-f-p1")["status"] == "closed"  # a market buy goes through
+    last = fast_client.fetch_ticker("BTC/USDT")["last"]
+    price = float(fast_client.price_to_precision("BTC/USDT", last * 1.2))
+    limit = checked_order(fast_client.create_order("BTC/USDT", "limit", "sell", 0.001, price,
+                                                   {"newClientOrderId": "tg-f-p2"}))
+    assert limit["status"] == "open"  # a limit sell too (its form body was read for the match)
+    for _ in range(2):
+        with pytest.raises(ccxt.InsufficientFunds):
+            fast_client.create_order("BTC/USDT", "market", "sell", 0.001, None,
+                                     {"newClientOrderId": "tg-f-p3"})
+    assert [f["hits"] for f in px.faults()] == [2]
+    assert "tg-f-p3" not in {o["clientOrderId"] for o in px.ledger()["orders"]}
+    fast_client.cancel_order(limit["id"], "BTC/USDT")
+    px.clear_faults()
+    assert checked_order(fast_client.create_order("BTC/USDT", "market", "sell", 0.001, None,
+                                                  {"newClientOrderId": "tg-f-p3"}))["status"] == "closed"
+
+
 def test_probability_is_seeded_and_repeatable(px, fast_client) -> None:
     def pattern() -> list[bool]:
         px.clear_faults()
@@ -113,7 +136,8 @@ def test_bad_fault_specs_are_refused(px) -> None:
     px.clear_faults()
     for spec in ({"action": "explode"}, {"action": "delay"}, {"action": "respond", "status": 99},
                  {"action": "hang", "seconds": 600}, {"action": "reset", "probability": 0},
-                 {"action": "reset", "path": "/_paper/ledger"}, {"action": "reset", "color": "red"}):
+                 {"action": "reset", "path": "/_paper/ledger"}, {"action": "reset", "color": "red"},
+                 {"action": "reset", "params": ["type"]}, {"action": "reset", "params": {"quantity": 1}}):
         with pytest.raises(ControlError) as ei:
             px.add_fault(**spec)
         assert ei.value.status == 400 and ei.value.body["code"] == -1130

@@ -49,3 +49,33 @@ def test_headers_in_any_case_and_windows_aligned_to_the_venues():
     assert g.weight_used == 1
     g.observe(None)
     assert RateGovernor().read_wait_s() == 0  # no limits known: out of the way
+
+
+def test_an_order_held_back_or_past_the_tick_is_not_sent_not_rejected(paper_exchange_factory):
+    """TickDeadline is raised before any request: the intent ends CANCELED "not sent", never
+    REJECTED (the exchange refused nothing), and starts no rejection back-off."""
+    from trading.orders import OrderBook, OrderSpec
+    from trading.risk import RiskLimits
+
+    px = paper_exchange_factory()
+    rt = bot_runtime(exchange_cfg(px))
+    try:
+        rt.exchange.load_markets()
+        price = float(rt.exchange.fetch_ticker("BTC/USDT")["last"])
+        book = OrderBook(rt, RiskLimits(rt.cfg.risk))
+        spec = OrderSpec("BTC/USDT", "buy", "market", 0.001, None, "entry", price)
+        spent = Budget.start(0.0)
+        held_back = Budget.start(0.5)
+        rt.governor = RateGovernor(weight_limit=6000, orders_limit=10)
+        outcomes = [book.place(spec, book.book({"BTC/USDT": price}), spent)]
+        rt.governor.observe({"X-MBX-ORDER-COUNT-10S": "9"})  # near the venue's order window
+        assert not rt.order_can_go(held_back)
+        outcomes.append(book.place(spec, book.book({"BTC/USDT": price}), held_back))
+        assert [o.state for o in outcomes] == ["CANCELED", "CANCELED"]
+        notes = [rt.store.transitions(o.client_order_id)[-1].note for o in outcomes]
+        assert notes[0].startswith("not sent: tick deadline reached before create_order"), notes
+        assert notes[1].startswith("not sent: create_order held back: near the exchange's rate limit"), notes
+        assert book.rejections.report() == {}
+        assert not [o for o in px.ledger()["orders"] if o["clientOrderId"].startswith("tg-")]
+    finally:
+        rt.store.close()

@@ -180,6 +180,64 @@ def test_a_failed_exit_puts_the_stop_back(scripted):
     assert _stops_on_exchange(bot)[0]["clientOrderId"] != first and _position(bot) == pytest.approx(0.01)
 
 
+# Holds what a file says, every tick: the way a Target strategy re-asks until it is there.
+TARGETED = """
+from pathlib import Path
+from bot.strategy import Strategy, Target
+
+class Targeted(Strategy):
+    def __init__(self, target):
+        self.path = Path(target)
+
+    def on_tick(self, ctx):
+        try:
+            return [Target("BTC/USDT", float(self.path.read_text()))]
+        except (OSError, ValueError):
+            return []
+"""
+
+
+def test_an_exit_the_exchange_keeps_rejecting_backs_off_and_keeps_its_stop(bot_factory,
+                                                                           paper_exchange_factory,
+                                                                           tmp_path):
+    """A Target re-asks every tick (0.2 s here); a venue that rejects the sell every time is
+    asked again after 1, 2, 4... s, not per tick, and the stop is not canceled for a sell that
+    cannot go (the exit-window chaos failure: a rejected exit re-asked until the IP ban)."""
+    strategy = tmp_path / "targeted.py"
+    strategy.write_text(TARGETED)
+    target = tmp_path / "target"
+    target.write_text("0.01")
+    paper = paper_exchange_factory(volatility=0.0)
+    bot = bot_factory(paper=paper, strategy=f"{strategy}:Targeted",
+                      strategy_params={"target": str(target)})
+    wait_until(lambda: _one_stop_sized(bot, 0.01), 20, interval=0.1, message="a stop for the entry")
+    paper.add_fault(method="POST", path="/api/v3/order", params={"type": "MARKET", "side": "SELL"},
+                    action="respond", status=400, times=None,
+                    body={"code": -2010, "msg": "Account has insufficient balance for requested action."})
+    target.write_text("0")  # from now on the strategy asks for the exit on every tick
+    wait_until(lambda: "the exchange keeps rejecting orders: BTC/USDT exit" in
+               (bot.heartbeat().detail.get("needs_attention") or ""), 30, interval=0.1,
+               message="needs_attention after 3 rejected exits")
+    first = bot.heartbeat()
+    assert first.detail["rejections"]["BTC/USDT exit"]["count"] >= 3
+    assert "insufficient balance" in first.detail["rejections"]["BTC/USDT exit"]["reason"]
+    hb = bot.wait_ticks(20)
+    # 20 ticks of a strategy asking for the sell: a few sells (1, 2, 4, 8 s apart), not one a tick
+    ticks, sells = hb.seq - first.seq, paper.faults()[0]["hits"]
+    tries = hb.detail["rejections"]["BTC/USDT exit"]["count"]
+    assert ticks >= 20 and sells == tries and tries - first.detail["rejections"]["BTC/USDT exit"]["count"] <= 3
+    # each try cancels the stop once and puts it back once: none is canceled for a sell that
+    # cannot go, and between tries the position keeps its stop
+    wait_until(lambda: _one_stop_sized(bot, 0.01), 10, interval=0.1, message="the stop back")
+    canceled = [o for o in _ours(bot) if o["type"] == "STOP_LOSS" and o["status"] == "CANCELED"]
+    assert len(canceled) == tries
+    assert len([o for o in bot.state_reader().orders("REJECTED") if o["purpose"] == "exit"]) == tries
+    paper.clear_faults()  # the venue takes the sell again: it goes at the next try
+    wait_until(lambda: _position(bot) == 0.0, 40, interval=0.2, message="the exit after the back-off")
+    hb = bot.wait_ticks(2)
+    assert hb.detail["rejections"] == {} and not hb.detail.get("needs_attention")
+    assert _stops_on_exchange(bot) == [] and consistency_problems(bot.state_reader(), paper) == []
+
 def test_startup_restores_a_missing_stop_before_trading(scripted):
     bot, run = scripted()
     run(("buy", 0.01))
