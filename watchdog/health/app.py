@@ -55,6 +55,10 @@ class Response:
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [self.body]
 
 
+class _Blocking(Exception):
+    """Answering would block (a password check, a snapshot to build): not in the server's loop."""
+
+
 class _HttpError(Exception):
     def __init__(self, status: int):
         super().__init__(status)
@@ -93,8 +97,24 @@ class _HealthApp:
         self._auth = auth
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return self._call(environ, start_response, inline=False)
+
+    def inline(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | None:
+        """Answer at once if that cannot block, else None: the server then calls the app in a
+        worker thread. Blocking: a password check (scrypt), a snapshot to build (the bot's files,
+        state.db), the heavier routes. A token, a cached login, a refused attempt and ``/health``
+        from a fresh snapshot are answered in the server's loop."""
         try:
-            resp = self._respond(environ)
+            return self._call(environ, start_response, inline=True)
+        except _Blocking:
+            return None
+
+    def _call(self, environ: dict[str, Any], start_response: Callable[..., Any],
+              inline: bool) -> Iterable[bytes]:
+        try:
+            resp = self._respond(environ, inline)
+        except _Blocking:
+            raise
         except _HttpError as e:
             resp = _json({"error": HTTPStatus(e.status).phrase.lower()}, e.status)
         except Exception:  # noqa: BLE001 - a broken snapshot must not take the endpoint down
@@ -103,11 +123,15 @@ class _HealthApp:
         resp.headers["Cache-Control"] = "no-store"
         return resp(environ, start_response)
 
-    def _respond(self, environ: dict[str, Any]) -> Response:
+    def _snapshot_fresh(self) -> bool:
+        fresh = getattr(self._snapshot, "fresh", None)
+        return bool(fresh()) if callable(fresh) else False
+
+    def _respond(self, environ: dict[str, Any], inline: bool = False) -> Response:
         header = environ.get("HTTP_AUTHORIZATION", "")
         addr = environ.get("REMOTE_ADDR") or "?"
         retry: list[int | None] = [None]
-        if len(header) > MAX_AUTH_HEADER or not self._authenticated(addr, header, retry):
+        if len(header) > MAX_AUTH_HEADER or not self._authenticated(addr, header, retry, inline):
             return self._deny(addr, "HTTP_AUTHORIZATION" in environ, retry[0])
         method = environ.get("REQUEST_METHOD", "GET")
         if method == "OPTIONS":
@@ -117,15 +141,19 @@ class _HealthApp:
             raise _HttpError(404)
         if method not in METHODS:
             raise _HttpError(405)
+        if inline and (endpoint != "health" or not self._snapshot_fresh()):
+            raise _Blocking
         return getattr(self, "_" + endpoint)()
 
-    def _authenticated(self, addr: str, header: str, retry: list[int | None]) -> bool:
+    def _authenticated(self, addr: str, header: str, retry: list[int | None], inline: bool) -> bool:
         scheme, _, rest = header.strip().partition(" ")
         if scheme.lower() == "bearer" and rest.strip():
             return bool(self._auth.bearer(rest.strip()))
         username, password = _basic_credentials(header) if header else ("", "")
         if not username:  # no header, or not a parseable Basic one: nothing worth a scrypt run
             return False
+        if inline and self._auth.basic_needs_check(addr, username, password):
+            raise _Blocking
         user, retry[0] = self._auth.basic(addr, username, password)
         return user not in (None, False)  # refused unchecked (retry set): answered 429
 

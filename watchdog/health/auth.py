@@ -154,6 +154,14 @@ class Authenticator:
             self._remember(key, gen, user)
         return (user if ok else None), None
 
+    def basic_needs_check(self, addr: str, user: str, password: str) -> bool:
+        """Would :meth:`basic` run scrypt for this attempt (not refused by a limit, not cached)?
+        Changes nothing: the server asks it to decide where to answer the request."""
+        if self.limiter.retry_after(addr) is not None or self.budget.retry_after() is not None:
+            return False
+        hit = self._cache.get(self._cache_key(user, password))
+        return not (hit is not None and hit[1] == self.users.generation and hit[0] > self.clock())
+
     def close(self) -> None:
         """Stop the password-check thread (after a check in progress)."""
         self._hasher.shutdown(wait=True)

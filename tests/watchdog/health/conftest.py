@@ -1,4 +1,4 @@
-"""Fixtures of the health endpoint tests: a real waitress server in this process (as in the
+"""Fixtures of the health endpoint tests: a real health server in this process (as in the
 watchdog), a steerable heartbeat bot as a real child process, a fake clock for the failure
 window and the auth cache, and helpers to build Authorization headers."""
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_secret_files_readable_by_others_are_refused(serve, health_cfg):
     assert s.get("/health/detailed", basic("alice", PASSWORD)).status_code == 200
 
 
-def test_headers_waitress_refuses_get_a_4xx_not_a_500(serve, health_cfg):
+def test_headers_the_server_refuses_get_a_4xx_not_a_500(serve, health_cfg):
     s = serve(health_cfg())
     for header in (bearer("A" * 100_000), b"Basic \x00\x01"):  # over the size bound; control bytes
         r = s.get("/health", header)

@@ -18,7 +18,7 @@ from watchdog.health.tokens import ensure_token
 
 
 def _port_free(port: int) -> bool:
-    """Nothing listens on ``port``: a new server (SO_REUSEADDR, as waitress binds) can have it.
+    """Nothing listens on ``port``: a new server (SO_REUSEADDR, as the server binds) can have it.
     Closed connections may linger in TIME_WAIT; they do not stop a restart."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,7 +48,7 @@ def test_binds_loopback_serves_and_stops_cleanly(serve, health_cfg):
     s = serve(cfg)
     assert s.url == f"http://127.0.0.1:{cfg.health.port}"
     assert s.authed("/health").status_code in (200, 503)
-    assert s.get("/health").headers["Server"] == "tradeguard"  # waitress, version hidden
+    assert s.get("/health").headers["Server"] == "tradeguard"  # no software or version
     threads_before = {t.name for t in threading.enumerate()}
     assert "health-http" in threads_before
     # An idle keep-alive connection must not hold the stop up.
@@ -72,13 +72,13 @@ def test_non_loopback_bind_warns_that_tls_must_come_from_a_proxy(serve, health_c
     import watchdog.health.server as server_mod
 
     asked: list[str] = []
-    real_server = server_mod.GuardedServer
+    real_server = server_mod.HttpServer
 
     def loopback_only(app, *, host, **kw):  # tests never listen beyond 127.0.0.1
         asked.append(host)
         return real_server(app, host="127.0.0.1", **kw)
 
-    monkeypatch.setattr(server_mod, "GuardedServer", loopback_only)
+    monkeypatch.setattr(server_mod, "HttpServer", loopback_only)
     caplog.set_level(logging.WARNING)
     s = serve(health_cfg(host="0.0.0.0"))
     assert asked == ["0.0.0.0"]

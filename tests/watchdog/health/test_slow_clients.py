@@ -67,9 +67,9 @@ def test_connections_per_client_are_capped_and_the_stalest_makes_room(serve, hea
     s = serve(health_cfg(extra=_limits(per_client=4)))
     loris = SlowLoris("127.0.0.1", s.server.port, 10, ["127.0.0.2"], every_s=0.2).start()
     try:
-        guarded = s.server._server
+        http = s.server.http
         wait_until(lambda: loris.connects >= 20, timeout=20, message="the attacker reconnects")
-        assert guarded.clients.get("127.0.0.2", 0) <= 4
+        assert http.clients.get("127.0.0.2", 0) <= 4
         # The same address gets in for a request that arrives whole: an unfinished one of the
         # attacker's makes room (a monitor behind the attacker's NAT is not shut out).
         for _ in range(3):
@@ -84,9 +84,9 @@ def test_authenticated_clients_are_answered_while_80_slow_sockets_trickle(serve,
     loris = SlowLoris("127.0.0.1", s.server.port, 80, SOURCES, every_s=0.3).start()
     try:
         wait_until(lambda: loris.connects >= 80, timeout=20, message="slow sockets connected")
-        assert len(s.server._server.active_channels) <= 32
+        assert len(s.server.http.connections) <= 32
         assert _assert_served_quickly(s, seconds=4) > 10
-        assert s.server._server.evicted > 0
+        assert s.server.http.evicted > 0
     finally:
         loris.stop()
     assert max(loris.dropped) <= 3 + 2.5  # nobody held a connection past the deadline
