@@ -314,6 +314,9 @@ class Watchdog:
                                   mode=mode, reason=kill.reason, source=kill.source)
             self._kill_seen, self._kill_since = mode, (now if mode else None)
             self._flatten_verified = False
+            # a check still running (or unread) belongs to the episode that just ended: its
+            # answer says nothing about this one (its thread only reads; left to finish alone)
+            self._verify_job = None
 
     def _flatten_due(self, v: Verdict, now: float) -> bool:
         """A person's flatten kill switch: the watchdog takes over when the bot cannot do it."""

@@ -197,6 +197,44 @@ def test_flatten_kill_switch_on_an_unresponsive_bot_is_carried_out(loop, paper_e
     assert "taking over the flatten engaged by test: test: by hand" in kill.reason
 
 
+def test_a_check_of_an_earlier_flatten_is_not_taken_for_the_next_one(paper_exchange):
+    """The chaos suite's kill-switch #4 under load: a verify job of one flatten episode finished
+    after that kill switch was released, and its answer ("still held") began an emergency 16 ms
+    into the next flatten, before the bot had its flatten_deadline_s to sell."""
+    from tests.watchdog.trading import bot_buys, exchange_cfg
+
+    cfg = exchange_cfg(paper_exchange, TRADEGUARD_WATCHDOG_INTERVAL_S="0.1",
+                       TRADEGUARD_WATCHDOG_FLATTEN_DEADLINE_S="1.5",
+                       TRADEGUARD_WATCHDOG_MANAGER="standalone", TRADEGUARD_HEALTH_ENABLED="false")
+    bot_buys(cfg, "BTC/USDT", 0.01)
+    kill = KillSwitch(cfg.runtime.kill_file)
+    lp = Loop(cfg).start()  # a heartbeat bot: healthy, but it never sells anything
+
+    def verifying() -> bool:
+        return any(t.name == "watchdog-verify-flatten" and t.is_alive() for t in threading.enumerate())
+
+    try:
+        lp.healthy_bot()
+        # the check's exchange calls hang: it is still running when the switch is released
+        paper_exchange.add_fault(method="GET", path="/api/v3/exchangeInfo", action="hang",
+                                 seconds=3, times=None)
+        kill.engage("flatten", "test: first", by="test")
+        wait_until(verifying, 15, interval=0.01, message="the first flatten's check running")
+        kill.release()
+        paper_exchange.clear_faults()
+        wait_until(lambda: not verifying(), 30, interval=0.05, message="the first check over")
+        lp.wd.stop_event.wait(0.5)  # a few turns of the loop with no kill switch
+        assert lp.state()["emergency"]["state"] == "none"
+        engaged = time.time()
+        kill.engage("flatten", "test: second", by="test")
+        wait_until(lambda: lp.state()["emergency"]["state"] == "done", 20, message="emergency")
+        em = lp.state()["emergency"]
+        # the bot had its deadline first, and the check that ended it was this episode's own
+        assert em["started_at"] - engaged >= 1.5, em
+        assert "0.01 BTC/USDT still held" in em["reason"], em
+    finally:
+        lp.close()
+
 def test_healthy_bot_that_does_not_flatten_in_time_is_flattened_for(paper_exchange):
     from tests.watchdog.trading import balance, bot_buys, exchange_cfg, ledger_orders
 
