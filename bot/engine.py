@@ -69,7 +69,8 @@ class Bot:
         s = strategy.instance
         self.feed = MarketFeed(rt, self.symbols, getattr(s, "timeframe", "1m"),
                                getattr(s, "ohlcv_limit", 0), getattr(s, "ohlcv_refresh_s", 10.0))
-        self.reconciler = Reconciler(rt, self.orders, self.symbols)
+        self.reconciler = Reconciler(rt, self.orders, self.symbols, progress=self._adopting)
+        self._adopted: dict[str, int] | None = None  # a long adoption's progress, for the heartbeat
         policy = stop_policy(self.cfg)  # ConfigError when the venue cannot hold the stops asked for
         self.stops = ProtectiveStops(rt, self.orders, policy, self.symbols) if policy else None
         self.take_profits = TakeProfits(rt.store)
@@ -338,6 +339,13 @@ class Bot:
                             f"flatten; the bot sends nothing: {kill.reason}", severity="warning",
                             critical=True)
 
+    def _adopting(self, rep: Any) -> None:
+        """A long adoption from the exchange (a lost state.db rebuilt from months of orders) is
+        progress: a heartbeat every half second of it, saying how far it got, so the watchdog
+        does not take the busy loop for a hung one."""
+        self._adopted = {"orders": len(rep.adopted_orders), "fills": rep.adopted_fills}
+        self.write_heartbeat()
+
     def _reconcile(self, budget: Budget) -> None:
         self.reconciler.run(budget)
         self.guard.note_balance(self.reconciler.balance)
@@ -521,6 +529,7 @@ class Bot:
             "loop_ms": round(self.loop_ms, 3), "exchange": m.stats(), "pnl": self._pnl_detail(),
             "store_fault": self.store_fault, "stops": stops, "stops_missing": sorted(self._bare),
             "rejections": self.orders.rejections.report(),
+            "adopting": None if self.recovered else self._adopted,
         }
 
     def _pnl_detail(self) -> dict[str, Any]:

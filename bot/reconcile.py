@@ -18,7 +18,7 @@ order sequence is moved above the highest one seen on the exchange so no id is e
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from blackbox import recorder
 from trading.exchange import amount_step, fetch_order_by_client_id
@@ -40,11 +40,12 @@ MARGIN_VISIBLE_S = 2.0  # beyond [bot] unknown_grace_s, before an acknowledged o
 
 
 class Reconciler:
-    def __init__(self, rt: Runtime, orders: OrderBook, symbols: list[str]):
+    def __init__(self, rt: Runtime, orders: OrderBook, symbols: list[str],
+                 progress: Callable[[Report], None] | None = None):
         self.rt = rt
         self.orders = orders
         self.symbols = list(symbols)
-        self.history = ExchangeHistory(rt, orders, source=SOURCE)
+        self.history = ExchangeHistory(rt, orders, source=SOURCE, progress=progress)
         last = rt.store.kv_get(LAST_KEY)
         self.last: float | None = float(last) if isinstance(last, (int, float)) else None
         self.balance: dict[str, Any] | None = None  # the last one fetched (for equity)

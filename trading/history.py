@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from blackbox import recorder
 from resilience.state import NewOrder, Order, archived_order
@@ -18,6 +19,7 @@ from trading.runtime import Budget, Runtime
 log = logging.getLogger(__name__)
 SOURCE = "trading.history"
 PAGE = 500
+PROGRESS_S = 0.5  # a long adoption tells its caller this often (the bot writes a heartbeat)
 
 
 @dataclass
@@ -39,10 +41,14 @@ class ExchangeHistory:
     """Adopts the exchange's record of this bot's orders and fills into state.db."""
 
     def __init__(self, rt: Runtime, orders: OrderBook, *, source: str = SOURCE,
-                 skip_archived: bool = True):
+                 skip_archived: bool = True, progress: Callable[[Report], None] | None = None):
         self.rt = rt
         self.orders = orders
         self.source = source
+        # told every PROGRESS_S while adopting: rebuilding a lost state.db from a long history
+        # takes many seconds in one pass, and the bot must not look hung meanwhile
+        self.progress = progress
+        self._told = 0.0
         # an order retention moved to an archive is history, not news (its fills are counted);
         # only a rebuild of a lost state.db counts it again
         self.skip_archived = skip_archived
@@ -103,6 +109,7 @@ class ExchangeHistory:
             if local is None:
                 local = self._adopt(ex, cid, int(m.group(2)), bool(m.group(1)))
                 rep.adopted_orders.append(cid)
+                self._tell(rep)
             elif local.state not in FINAL or as_float(ex.get("filled")) > as_float(local.filled):
                 before = local.state
                 local = self.orders.apply(local, ex, "the exchange says "
@@ -111,6 +118,12 @@ class ExchangeHistory:
                     rep.updated_orders.append(cid)
             by_exchange_id[str(ex.get("id"))] = local
         return seen
+
+    def _tell(self, rep: Report) -> None:
+        now = time.monotonic()
+        if self.progress is not None and now - self._told >= PROGRESS_S:
+            self._told = now
+            self.progress(rep)
 
     def _archived(self, cid: str) -> bool:
         """Whether retention moved this order to an archive (remembered: a window held open by
@@ -145,6 +158,7 @@ class ExchangeHistory:
             n = self.orders.add_trades(o, [t])
             if n:
                 rep.adopted_fills += n
+                self._tell(rep)
                 recorder.record("reconcile.adopted_fill", self.source, f"fill {t.get('id')} of "
                                 f"{o.client_order_id} adopted from the exchange",
                                 severity="warning", client_order_id=o.client_order_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import time
 
 import pytest
 
@@ -116,8 +117,10 @@ def test_reconciliation_adopts_what_happened_while_down_and_halts_on_the_unexpla
     paper.client().create_order("BTC/USDT", "market", "sell", 0.0002)  # someone else sells some of it
 
     bot.start()
-    hb = bot.wait_state("safe")
-    assert "BTC/USDT" in (hb.detail["needs_attention"] or "")
+    # safe already while recovery adopts (heartbeats of its progress); then safe for the sale
+    hb = wait_until(lambda: (h := bot.heartbeat()) and h.state == "safe"
+                    and "BTC/USDT" in (h.detail.get("needs_attention") or "") and h, 20,
+                    message="safe for the unexplained sale")
     assert json.loads(bot.paths.kill_file.read_text())["reason"].startswith("reconciliation: BTC/USDT")
     adopted = {o["client_order_id"]: o for o in bot.state_reader().orders()}[resting["clientOrderId"]]
     assert adopted["state"] == "FILLED"  # the fill that happened while down is adopted
@@ -126,3 +129,37 @@ def test_reconciliation_adopts_what_happened_while_down_and_halts_on_the_unexpla
     btc = float(paper.balances()["BTC"]["total"])
     assert abs(bot.state_reader().positions()["BTC/USDT"] - btc) < 1e-9
     assert hb.detail["needs_attention"] is None
+
+
+def test_a_long_history_is_rebuilt_with_heartbeats_while_it_is_adopted(bot_factory,
+                                                                       paper_exchange_factory):
+    """The full chaos suite's state-corruption #10 under load: rebuilding a lost state.db from a
+    long history adopted for seconds without a heartbeat (3.4 s here before the fix, more under
+    load), longer than the chaos watchdog waits (2.5 s), so the watchdog killed the rebuilding
+    bot as hung, again and again. Every half second of adoption is now a heartbeat that says how
+    far it got."""
+    paper = paper_exchange_factory(volatility=0.0, rate_limit_multiplier=100)
+    bot = bot_factory(paper=paper, strategy_params={"interval_s": 3600, "limit_probability": 0.0})
+    bot.wait_state("running")
+    assert bot.stop() == 0
+    client = paper.client()
+    client.load_markets()
+    n = 600  # the bot's orders, placed while it was down: buys and sells of the same amount
+    for i in range(n):
+        client.create_order("BTC/USDT", "market", "buy" if i % 2 == 0 else "sell", 0.00025, None,
+                            {"newClientOrderId": f"tg-tg1-{10_000 + i}"})
+    _corrupt(bot.paths.state_db)
+    bot.start()
+    adopting: list[dict] = []
+
+    def running() -> bool:
+        hb = bot.heartbeat()
+        if hb is not None and hb.detail.get("adopting"):
+            adopting.append(hb.detail["adopting"])
+        return hb is not None and hb.state == "running"
+
+    wait_until(running, 120, interval=0.01, message="the rebuild done and the bot trading")
+    # heartbeats came while the orders were being adopted, each saying how far it got
+    assert any(0 < a["orders"] < n for a in adopting), adopting
+    restored = {o["client_order_id"] for o in bot.state_reader().orders()}
+    assert {f"tg-tg1-{10_000 + i}" for i in range(n)} <= restored

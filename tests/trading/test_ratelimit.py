@@ -66,7 +66,9 @@ def test_an_order_held_back_or_past_the_tick_is_not_sent_not_rejected(paper_exch
         spec = OrderSpec("BTC/USDT", "buy", "market", 0.001, None, "entry", price)
         spent = Budget.start(0.0)
         held_back = Budget.start(0.5)
-        rt.governor = RateGovernor(weight_limit=6000, orders_limit=10)
+        # 1 s into the venue's 10-second order window: 9 s until it turns (a fixed clock: the
+        # real one could be a moment before the turn, when the wait is shorter than the budget)
+        rt.governor = RateGovernor(weight_limit=6000, orders_limit=10, clock=lambda: 1_000_001.0)
         outcomes = [book.place(spec, book.book({"BTC/USDT": price}), spent)]
         rt.governor.observe({"X-MBX-ORDER-COUNT-10S": "9"})  # near the venue's order window
         assert not rt.order_can_go(held_back)
