@@ -49,27 +49,36 @@ class Session:
         self.db = Path(db)
         self.path = marker_path(self.db)
         self._fd: int | None = None
+        self.why: str | None = None  # set by needs_check()
 
     def needs_check(self) -> bool:
         """Read-only: should the opener run ``quick_check``? No when the file was closed cleanly
-        and left untouched since, or is held by a writer that checked it."""
+        and left untouched since, or is held by a writer that checked it. ``self.why`` says why
+        it should."""
+        self.why = self._why()
+        return self.why is not None
+
+    def _why(self) -> str | None:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return True
+            return "it has no session marker"
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return _read(fd) == ["dirty"]  # in use: checked by its holder unless dirty
+            except BlockingIOError:  # in use: checked by its holder unless dirty
+                return "its writer has not checked it since an unclean shutdown" \
+                    if _read(fd) == ["dirty"] else None
             try:
                 text = _read(fd)
-                return not (len(text) == 4 and text[0] == "clean"
-                            and " ".join(text[1:]) == _fingerprint(self.db))
+                if len(text) == 4 and text[0] == "clean":
+                    return None if " ".join(text[1:]) == _fingerprint(self.db) else \
+                        "it was changed since its last clean close (size, mtime or inode)"
+                return "it was not closed cleanly"
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError:
-            return True
+        except OSError as e:
+            return f"its session marker cannot be read ({e})"
         finally:
             os.close(fd)
 

@@ -97,6 +97,12 @@ class StateStore(_Reads):
                 log.info("state.db was not closed cleanly; integrity check skipped (integrity=%s)",
                          integrity)
             problem = _probe(self.path, cipher, quick_check=self.integrity_checked)
+            if self.integrity_checked and unclean and not problem:
+                # said out loud: a file changed behind the store's back may be damaged where
+                # quick_check cannot see (free pages, values inside records)
+                self._emit("state.checked", f"state.db was checked at open because "
+                           f"{self._session.why}: quick_check passed", why=self._session.why,
+                           severity="warning")
         elif any(p.exists() for p in _side_files(self.path)):
             problem = "a -wal/-shm file without its database"
         if problem:
