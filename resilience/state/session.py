@@ -40,6 +40,9 @@ def _write(fd: int, text: str) -> None:
     os.fsync(fd)
 
 
+CHANGED = "it was changed since its last clean close (size, mtime or inode)"
+
+
 class Session:
     """One writer's hold on the marker: :meth:`needs_check`, :meth:`open` before use,
     :meth:`close` after. The marker reads ``open`` (held, checked), ``dirty`` (held, not checked
@@ -72,8 +75,7 @@ class Session:
             try:
                 text = _read(fd)
                 if len(text) == 4 and text[0] == "clean":
-                    return None if " ".join(text[1:]) == _fingerprint(self.db) else \
-                        "it was changed since its last clean close (size, mtime or inode)"
+                    return None if " ".join(text[1:]) == _fingerprint(self.db) else CHANGED
                 return "it was not closed cleanly"
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)

@@ -23,7 +23,7 @@ from resilience.state.files import _quarantine, _side_files
 from resilience.state.positions import _DUST, apply_fill
 from resilience.state.probe import _probe, _usable_version
 from resilience.state.reads import _Reads
-from resilience.state.session import Session
+from resilience.state.session import CHANGED, Session
 
 TRANSITIONS_FLOOR_KEY = "transitions_archived_max_id"  # meta: the highest transition id archived
 from resilience.state.records import (ALLOWED, ORDER_STATES, ORIGINS, PURPOSES, SIDES, Fill,
@@ -87,6 +87,7 @@ class StateStore(_Reads):
 
         self._session = Session(self.path)
         problem = None
+        changed = False
         self.integrity_checked = False  # PRAGMA quick_check ran at this open
         verified = True
         if self.path.exists():
@@ -97,12 +98,14 @@ class StateStore(_Reads):
                 log.info("state.db was not closed cleanly; integrity check skipped (integrity=%s)",
                          integrity)
             problem = _probe(self.path, cipher, quick_check=self.integrity_checked)
+            changed = self._session.why == CHANGED and not problem
             if self.integrity_checked and unclean and not problem:
                 # said out loud: a file changed behind the store's back may be damaged where
                 # quick_check cannot see (free pages, values inside records)
                 self._emit("state.checked", f"state.db was checked at open because "
-                           f"{self._session.why}: quick_check passed", why=self._session.why,
-                           severity="warning")
+                           f"{self._session.why}: quick_check passed"
+                           + ("; every record is verified against the exchange before trading"
+                              if changed else ""), why=self._session.why, severity="warning")
         elif any(p.exists() for p in _side_files(self.path)):
             problem = "a -wal/-shm file without its database"
         if problem:
@@ -124,6 +127,8 @@ class StateStore(_Reads):
         try:
             self._init_schema()
             self._session.open(verified=verified or problem is not None)
+            if changed:  # the exchange is the truth: the bot rebuilds from it before trading
+                self.set_needs_reconciliation(True, reason=f"state.db {CHANGED}")
         except BaseException:
             self._closed = True
             self._conn.close()

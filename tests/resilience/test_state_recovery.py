@@ -199,5 +199,8 @@ def test_a_file_changed_while_closed_is_checked_and_said_so(data_dir):
         [(kind, message, fields)] = events
         assert kind == "state.checked" and fields["severity"] == "warning"
         assert "changed since its last clean close" in message and "quick_check passed" in message
+        # values inside records are beyond quick_check: the bot verifies them against the exchange
+        assert store.needs_reconciliation
+        assert "changed since its last clean close" in store.meta["needs_reconciliation_reason"]
     finally:
         store.close()
