@@ -39,7 +39,7 @@ def test_healthy_then_hung_when_sigstopped(data_dir, logs_dir, hbbot):
         t0 = time.time()
         v = verdict_becomes(c, "hung")
         assert v.evidence["status"] == "stopped"
-        assert v.evidence["hb_age_s"] > 0.6
+        assert v.evidence["hb_age_s"] >= 0.6  # over the timeout; the evidence is rounded to the ms
         assert time.time() - t0 < 0.6 + 1.0  # timeout plus slack, never much later
     finally:
         os.kill(bot.pid, signal.SIGCONT)
@@ -140,7 +140,7 @@ def test_frozen_bot_with_a_future_timestamp_is_hung(data_dir, logs_dir, hbbot):
     t0 = time.monotonic()
     v = verdict_becomes(c, "hung")
     assert time.monotonic() - t0 < 0.6 + 1.0
-    assert v.evidence["hb_age_s"] > 0.6 and v.evidence["hb_ts"] > time.time() + 3000
+    assert v.evidence["hb_age_s"] >= 0.6 and v.evidence["hb_ts"] > time.time() + 3000
 
 
 def test_stalled_writer_with_stepped_back_timestamps_is_stalled(data_dir, logs_dir, hbbot):
@@ -162,7 +162,7 @@ def test_stalled_writer_with_stepped_back_timestamps_is_stalled(data_dir, logs_d
             break
         time.sleep(0.05)
     assert v is not None and v.name == "stalled", v
-    assert v.evidence["no_progress_s"] > 0.6 and v.evidence["hb_age_s"] < 0.6
+    assert v.evidence["no_progress_s"] >= 0.6 and v.evidence["hb_age_s"] < 0.6  # rounded to the ms
 
 
 def test_wall_clock_stepped_back_does_not_hide_a_sigstopped_bot(data_dir, logs_dir, hbbot):
